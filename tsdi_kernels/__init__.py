@@ -17,3 +17,10 @@ __all__ = [
     "debias_probs",
     "LogitMeanAccumulator",
 ]
+
+# The TSDI pipeline on top of the ops (issue 4): bias tables, estimation, Hugging Face generation.
+from .bias import BiasTable  # noqa: E402
+from .estimate import estimate_bias  # noqa: E402
+from .hf import TSDILogitsProcessor, fused_sampler, generate  # noqa: E402
+
+__all__ += ["BiasTable", "estimate_bias", "TSDILogitsProcessor", "fused_sampler", "generate"]

@@ -1,0 +1,215 @@
+"""BiasTable: the estimated TSDI bias [L, V] with its uncertainty, and its file format.
+
+File format (safetensors, one file):
+    tensors   mean  float32 [L, V]   running mean of log_softmax(A) - log_softmax(R) per answer position
+              m2    float32 [L, V]   running sum of squared deviations (Welford / Chan M2)
+              count int64   [L]      prompts counted at each position
+    metadata  every value a JSON-encoded string (safetensors only stores str -> str); see METADATA_KEYS.
+Keeping m2 and count (not just the standard error) lets two tables be merged exactly later.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+# What a table records about how it was made (all optional when loading; the format version is not).
+METADATA_KEYS = (
+    "format_version", "package_version", "aligned", "reference", "tokenizer_fingerprint", "vocab_size",
+    "num_prompts", "length", "pool", "seed", "normalize", "prompt_tokens", "batch_size",
+)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the sorted (token, id) vocabulary: equal iff two tokenizers map the same strings to the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    blob = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def atomic_write(path: Union[str, os.PathLike], write) -> None:
+    """Call write(tmp_path), fsync it, then os.replace onto `path`: readers see the old file or the new, never half.
+    The temporary file lives in the target folder because os.replace is only atomic within one file system."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class BiasTable:
+    """The TSDI bias of an aligned model against its reference at the first L answer positions.
+
+    Attributes
+    ----------
+    mean : float32 [L, V]   the bias (subtract ``strength * mean[t]`` from the logits at answer step t)
+    stderr : float32 [L, V] standard error of ``mean`` (NaN where fewer than two prompts were counted)
+    count : int64 [L]       prompts counted at each position
+    metadata : dict         how the table was made (models, tokenizer fingerprint, pool, seed, ...)
+
+    Examples
+    --------
+    >>> table = estimate_bias(aligned, reference, tokenizer, num_prompts=1024, length=16)
+    >>> table.save("bias.safetensors")
+    >>> table = BiasTable.load("bias.safetensors", tokenizer=tokenizer)
+    >>> table.top_tokens(0, 5, tokenizer)   # [(token_id, text, bias, stderr), ...]
+    """
+
+    def __init__(self, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict] = None):
+        _check_tensors(mean, m2, count, source="BiasTable")
+        self.mean = mean
+        self.m2 = m2
+        self.count = count
+        self.metadata = dict(metadata or {})
+
+    # --- shape and statistics ------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def variance(self) -> Tensor:
+        n = self.count.to(torch.float32)[:, None]
+        return torch.where(n > 1, self.m2 / (n - 1).clamp(min=1), torch.full_like(self.m2, math.nan))
+
+    @property
+    def stderr(self) -> Tensor:
+        n = self.count.to(torch.float32)[:, None]
+        return torch.sqrt(self.variance / n.clamp(min=1))
+
+    @classmethod
+    def from_accumulator(cls, acc, metadata: Optional[dict] = None) -> "BiasTable":
+        return cls(acc.mean.detach().clone(), acc.m2.detach().clone(), acc.count.detach().clone(), metadata)
+
+    def to(self, device: Union[str, torch.device]) -> "BiasTable":
+        return BiasTable(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata)
+
+    def __repr__(self) -> str:
+        n = self.count.tolist()
+        return f"BiasTable(L={self.length}, V={self.vocab_size}, count={n[0] if len(set(n)) == 1 else n})"
+
+    # --- inspection ----------------------------------------------------------------------------------------
+    def top_tokens(self, t: int, k: int = 10, tokenizer=None, *, largest: bool = True) -> list:
+        """The k tokens the aligned model favours most at answer position t (``largest=False``: disfavours most).
+
+        Returns a list of (token_id, token_text or None, bias, stderr), sorted by bias."""
+        if not isinstance(t, int) or not 0 <= t < self.length:
+            raise ValueError(f"`t` must be an integer in [0, {self.length}), got {t!r}")
+        if not isinstance(k, int) or k <= 0:
+            raise ValueError(f"`k` must be a positive integer, got {k!r}")
+        k = min(k, self.vocab_size)
+        row = self.mean[t].float().cpu()
+        if tokenizer is not None:
+            # ids the tokenizer does not know (padding rows of the embedding) are never sampled: skip them
+            row = row.clone()
+            row[len(tokenizer):] = -math.inf if largest else math.inf
+        values, ids = torch.topk(row, k, largest=largest)
+        err = self.stderr[t].float().cpu()
+        out = []
+        for v, i in zip(values.tolist(), ids.tolist()):
+            if not math.isfinite(v):
+                break
+            text = tokenizer.decode([i]) if tokenizer is not None else None
+            out.append((i, text, v, float(err[i])))
+        return out
+
+    # --- file format ---------------------------------------------------------------------------------------
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the table to a safetensors file atomically (temporary file in the same folder, fsync, replace)."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        meta = dict(self.metadata)
+        meta["format_version"] = FORMAT_VERSION
+        meta.setdefault("package_version", __version__)
+        header = {key: json.dumps(value) for key, value in meta.items()}
+        tensors = {"mean": self.mean.detach().float().cpu().contiguous(),
+                   "m2": self.m2.detach().float().cpu().contiguous(),
+                   "count": self.count.detach().to(torch.int64).cpu().contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], tokenizer=None, *, device: Union[str, torch.device] = "cpu"):
+        """Read and validate a table; with `tokenizer`, refuse a table estimated with another vocabulary."""
+        from safetensors import SafetensorError, safe_open
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"bias table {path!r} does not exist")
+        try:
+            with safe_open(path, framework="pt") as f:
+                header = f.metadata() or {}
+                names = set(f.keys())
+                missing = {"mean", "m2", "count"} - names
+                if missing:
+                    raise ValueError(f"{path!r} is not a TSDI bias table: missing tensors {sorted(missing)}")
+                mean, m2, count = (f.get_tensor(n) for n in ("mean", "m2", "count"))
+        except SafetensorError as exc:
+            raise ValueError(f"{path!r} is not a readable safetensors file ({exc})") from None
+        except OSError as exc:  # e.g. a truncated or non-safetensors file on some platforms
+            raise ValueError(f"{path!r} is not a readable safetensors file ({exc})") from None
+        metadata = _decode_metadata(path, header)
+        _check_tensors(mean, m2, count, source=path)
+        table = cls(mean.to(device), m2.to(device), count.to(device), metadata)
+        if tokenizer is not None:
+            table.check_tokenizer(tokenizer)
+        return table
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """ValueError unless `tokenizer` has the vocabulary this table was estimated with."""
+        if len(tokenizer) > self.vocab_size:
+            raise ValueError(f"the bias table covers V = {self.vocab_size} tokens but the tokenizer has "
+                             f"{len(tokenizer)}: it was estimated for another vocabulary")
+        expected = self.metadata.get("tokenizer_fingerprint")
+        if expected is not None and expected != tokenizer_fingerprint(tokenizer):
+            raise ValueError("the bias table was estimated with a different tokenizer vocabulary "
+                             f"(fingerprint {expected[:19]}... does not match the tokenizer's)")
+
+
+def _decode_metadata(path: str, header: dict) -> dict:
+    meta: dict[str, Any] = {}
+    for key, raw in header.items():
+        try:
+            meta[key] = json.loads(raw)
+        except (TypeError, json.JSONDecodeError):
+            meta[key] = raw  # written by someone else as a plain string: keep it as is
+    version = meta.get("format_version")
+    if version is None:
+        raise ValueError(f"{path!r} has no format_version in its metadata: not a TSDI bias table")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path!r} has bias-table format_version {version!r}; this package reads {FORMAT_VERSION}")
+    return meta
+
+
+def _check_tensors(mean: Tensor, m2: Tensor, count: Tensor, *, source: str) -> None:
+    if not isinstance(mean, Tensor) or mean.dim() != 2 or mean.dtype != torch.float32:
+        raise ValueError(f"{source}: `mean` must be a float32 tensor [L, V], got "
+                         f"{getattr(mean, 'dtype', type(mean).__name__)} {list(getattr(mean, 'shape', []))}")
+    if mean.shape[0] == 0 or mean.shape[1] == 0:
+        raise ValueError(f"{source}: `mean` must be non-empty, got shape {list(mean.shape)}")
+    if not isinstance(m2, Tensor) or m2.shape != mean.shape or m2.dtype != torch.float32:
+        raise ValueError(f"{source}: `m2` must be float32 {list(mean.shape)} like `mean`, got "
+                         f"{getattr(m2, 'dtype', None)} {list(getattr(m2, 'shape', []))}")
+    if not isinstance(count, Tensor) or count.shape != (mean.shape[0],) or count.dtype != torch.int64:
+        raise ValueError(f"{source}: `count` must be int64 [L] = [{mean.shape[0]}], got "
+                         f"{getattr(count, 'dtype', None)} {list(getattr(count, 'shape', []))}")

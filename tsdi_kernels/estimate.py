@@ -1,0 +1,273 @@
+"""Streaming estimation of the TSDI bias (DESIGN.md section 1).
+
+    bias[t, v] = mean over random (prompt x, answer prefix y<t) of log_softmax(A(x, y<t))[v] - log_softmax(R(x, y<t))[v]
+
+One batch at a time: build B random prompts (prompts.py), run each model once over prompt + prefix keeping only
+the L answer positions' logits, fold them into the running (mean, M2, count) with torch.ops.tsdi.logit_mean_update.
+Memory is one batch of [B, L, V] logits per model, whatever num_prompts is.
+
+Checkpoints hold (mean, M2, count) and the number of batches done; the prompt stream is a pure function of
+(seed, batch index), so that number is the whole RNG state, and a resumed run applies exactly the updates an
+uninterrupted run applies, in the same order: the same table, bitwise.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .api import LogitMeanAccumulator
+from .bias import BiasTable, atomic_write, tokenizer_fingerprint
+from .distributed import merged_statistics, rank_and_world
+from .prompts import PromptTemplate, describe_pool, prompt_batch, token_pool
+
+CHECKPOINT_KIND = "tsdi-estimate-checkpoint"
+# Checkpoint fields that must agree for a resumed run to continue the same prompt stream.
+_RESUME_KEYS = ("seed", "num_prompts", "batch_size", "length", "pool", "prompt_tokens", "normalize", "vocab_size",
+                "tokenizer_fingerprint", "use_chat_template")
+
+
+def model_vocab_size(model) -> int:
+    """V of the model's logits: rows of the output embedding, else config.vocab_size."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    emb = get_out() if callable(get_out) else None
+    weight = getattr(emb, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    if getattr(config, "vocab_size", None) is None:
+        raise ValueError(f"cannot tell the vocabulary size of {type(model).__name__}: no output embedding or "
+                         "config.vocab_size")
+    return int(config.vocab_size)
+
+
+def model_name(model) -> str:
+    return str(getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+               or type(model).__name__)
+
+
+def model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def check_vocabularies(aligned, reference, tokenizer) -> int:
+    """The shared vocabulary size V; ValueError (before any forward pass) if the models or tokenizer disagree."""
+    v_a, v_r = model_vocab_size(aligned), model_vocab_size(reference)
+    if v_a != v_r:
+        raise ValueError(f"the aligned model has a vocabulary of {v_a} tokens but the reference has {v_r}: "
+                         "TSDI needs two models with the same vocabulary")
+    if len(tokenizer) > v_a:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the models' vocabulary has only {v_a}: "
+                         "the tokenizer belongs to another model")
+    return v_a
+
+
+def _check_args(num_prompts, length, batch_size, prompt_tokens, checkpoint_every, seed) -> tuple:
+    for name, value in (("num_prompts", num_prompts), ("length", length), ("batch_size", batch_size),
+                        ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    if (not isinstance(prompt_tokens, (tuple, list)) or len(prompt_tokens) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in prompt_tokens)
+            or not 0 <= prompt_tokens[0] <= prompt_tokens[1]):
+        raise ValueError(f"`prompt_tokens` must be a pair (min, max) of integers with 0 <= min <= max, "
+                         f"got {prompt_tokens!r}")
+    return int(prompt_tokens[0]), int(prompt_tokens[1])
+
+
+def _forward_kwargs(model) -> set:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return set()
+    return set(params)
+
+
+@torch.no_grad()
+def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Logits [B, L, V] at the last `length` positions of left-padded `input_ids` (the answer positions)."""
+    device = model_device(model)
+    accepted = _forward_kwargs(model)
+    kwargs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    if "position_ids" in accepted:
+        # left padding: positions count real tokens only, as generate() does
+        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+    if "logits_to_keep" in accepted:
+        kwargs["logits_to_keep"] = length  # never materialise [B, S, V] logits for the prompt
+    if "use_cache" in accepted:
+        kwargs["use_cache"] = False
+    out = model(**kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits[:, -length:]
+
+
+def _checkpoint_meta(config: dict, batches_done: int) -> dict:
+    return {"kind": CHECKPOINT_KIND, "batches_done": batches_done, **config}
+
+
+def save_checkpoint(path: str, acc: LogitMeanAccumulator, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    import json
+
+    tensors = {"mean": acc.mean.detach().cpu().contiguous(), "m2": acc.m2.detach().cpu().contiguous(),
+               "count": acc.count.detach().cpu().contiguous()}
+    header = {k: json.dumps(v) for k, v in meta.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def load_checkpoint(path: str, acc: LogitMeanAccumulator, config: dict) -> int:
+    """Load running statistics into `acc`; returns the number of batches done. ValueError if the checkpoint was
+    written by a run with another configuration (seed, batch size, pool, ...)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            state = {n: f.get_tensor(n) for n in ("mean", "m2", "count")}
+    except Exception as exc:  # noqa: BLE001  (any unreadable file is the same user mistake)
+        raise ValueError(f"`checkpoint` {path!r} is not a readable estimation checkpoint ({exc})") from None
+    if header.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"`checkpoint` {path!r} is not an estimation checkpoint")
+    for key in _RESUME_KEYS:
+        if header.get(key) != config.get(key):
+            raise ValueError(f"`checkpoint` {path!r} was written with {key}={header.get(key)!r} but this run has "
+                             f"{key}={config.get(key)!r}; use another checkpoint path or the same settings")
+    acc.load_state_dict({**state, "normalize": config["normalize"]})
+    return int(header["batches_done"])
+
+
+def estimate_bias(
+    aligned,
+    reference,
+    tokenizer,
+    *,
+    num_prompts: int,
+    length: int,
+    batch_size: int = 8,
+    pool: Union[str, Sequence[str]] = "vocab",
+    prompt_tokens: tuple = (8, 32),
+    seed: int = 0,
+    normalize: bool = True,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_every: int = 16,
+    progress: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
+    use_chat_template: bool = True,
+) -> BiasTable:
+    """Estimate the TSDI bias of `aligned` against `reference` at the first `length` answer positions.
+
+    Parameters
+    ----------
+    aligned, reference : causal LMs (e.g. AutoModelForCausalLM) sharing one vocabulary.
+    tokenizer : their tokenizer; its chat template (if any) wraps the random prompts.
+    num_prompts : random (prompt, answer prefix) pairs to average over; the standard error falls as 1/sqrt(N).
+    length : L, the answer positions covered (the bias is applied to the first L generated tokens).
+    batch_size : prompts per forward pass; memory is one batch of [B, L, V] logits per model.
+    pool : "vocab" (uniform over non-special tokens), a path to a UTF-8 text file, or a list of strings.
+    prompt_tokens : (min, max) length of the random user message, in tokens.
+    seed : the prompt stream is a pure function of (seed, batch index).
+    normalize : accumulate log-probability differences (True) or raw logit differences (False).
+    checkpoint : path of a checkpoint file: resumed from if it exists, written every `checkpoint_every` batches,
+        at the end, and on Ctrl-C. The resumed run gives the table an uninterrupted run gives.
+    progress : show a tqdm bar with prompts done and the largest standard error.
+    device : where the running statistics live (default: the aligned model's device).
+    use_chat_template : wrap prompts in the tokenizer's chat template when it has one.
+
+    With torch.distributed initialised, each rank draws its own batches (rank, rank + world, ...) and the ranks'
+    statistics are merged at checkpoints and at the end; every rank returns the merged table.
+
+    Examples
+    --------
+    >>> table = estimate_bias(aligned, reference, tokenizer, num_prompts=2048, length=16, batch_size=32)
+    >>> table.save("bias.safetensors")
+    """
+    lo, hi = _check_args(num_prompts, length, batch_size, prompt_tokens, checkpoint_every, seed)
+    vocab = check_vocabularies(aligned, reference, tokenizer)
+    template = PromptTemplate.from_tokenizer(tokenizer, use_chat_template)
+    pool_ids = token_pool(tokenizer, pool)
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    device = torch.device(device) if device is not None else model_device(aligned)
+    rank, world = rank_and_world()
+
+    config = {"seed": seed, "num_prompts": num_prompts, "batch_size": batch_size, "length": length, "pool": describe_pool(pool),
+              "prompt_tokens": [lo, hi], "normalize": bool(normalize), "vocab_size": vocab,
+              "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "use_chat_template": bool(use_chat_template)}
+    acc = LogitMeanAccumulator(length, vocab, normalize=normalize, device=device)
+    num_batches = math.ceil(num_prompts / batch_size)
+    start = 0
+    checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and os.path.exists(checkpoint):
+        start = min(load_checkpoint(checkpoint, acc, config), num_batches)
+        if rank != 0:  # rank 0 carries the checkpoint's statistics; the others start empty and add their own
+            acc = LogitMeanAccumulator(length, vocab, normalize=normalize, device=device)
+
+    def batch_rows(i: int) -> int:
+        return min(batch_size, num_prompts - i * batch_size)
+
+    def save(batches_done: int, stats: LogitMeanAccumulator) -> None:
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, stats, _checkpoint_meta(config, batches_done))
+
+    bar = _progress_bar(progress and rank == 0, num_prompts, min(start * batch_size, num_prompts))
+    rounds = math.ceil((num_batches - start) / world)
+    try:
+        for r in range(rounds):
+            i = start + r * world + rank
+            if i < num_batches:
+                ids, mask = prompt_batch(template, pool_ids, seed=seed, batch_index=i, batch_size=batch_rows(i),
+                                         length=length, prompt_tokens=(lo, hi), pad_id=pad_id)
+                a = answer_logits(aligned, ids, mask, length).to(device)
+                ref = answer_logits(reference, ids, mask, length).to(device)
+                acc.update(a, ref)
+                del a, ref
+            done = min(start + (r + 1) * world, num_batches)
+            if bar is not None:
+                bar.update(sum(batch_rows(j) for j in range(start + r * world, done)))
+                bar.set_postfix(max_stderr=f"{_max_stderr(acc):.4g}", refresh=False)
+            if (r + 1) % checkpoint_every == 0 and done < num_batches:
+                if world > 1:
+                    save(done, merged_statistics(acc))
+                else:
+                    save(done, acc)
+    except KeyboardInterrupt:
+        # Single process only: a collective here could hang the other ranks; they keep the last periodic
+        # checkpoint. logit_mean_update applies a batch fully or not at all, so the count says what is done.
+        if world == 1 and checkpoint is not None:
+            save(int(acc.count[0]) // batch_size, acc)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if world > 1:
+        acc = merged_statistics(acc)
+    save(num_batches, acc)
+    metadata = {"aligned": model_name(aligned), "reference": model_name(reference),
+                **{k: v for k, v in config.items() if k != "use_chat_template"},
+                "use_chat_template": bool(use_chat_template and getattr(tokenizer, "chat_template", None))}
+    return BiasTable.from_accumulator(acc, metadata)
+
+
+def _max_stderr(acc: LogitMeanAccumulator) -> float:
+    se = acc.stderr()
+    finite = se[torch.isfinite(se)]
+    return float(finite.max()) if finite.numel() else math.nan
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="prompt", desc="tsdi estimate")

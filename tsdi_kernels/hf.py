@@ -1,0 +1,259 @@
+"""Hugging Face generation with the TSDI bias, two ways that draw from the same distribution.
+
+1. TSDILogitsProcessor: a LogitsProcessor for model.generate(logits_processor=[...]). Works with every decoding
+   mode (greedy, sampling, beam search); HF's warpers and torch.multinomial do the rest.
+2. generate() / fused_sampler(): transformers' `generate(custom_generate=callable)` hook with a decoding loop
+   whose token-selection step is one torch.ops.tsdi.debias_sample call (debias + temperature + top-k + top-p +
+   Gumbel-max draw, fused), replacing HF's Temperature/TopK/TopP warpers, softmax and multinomial. Any other
+   logits processor (repetition penalty, min length, bad words, ...) still runs before it, as in HF.
+
+Answer position t = input_ids.shape[1] - prompt_length, the same for every row: a left-padded batch's prompt
+length is the padded length, so row b's t-th generated token is always its t-th answer token.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from transformers import LogitsProcessor
+from transformers.generation import logits_process as _lp
+
+from .api import debias_sample
+from .bias import BiasTable
+
+BiasLike = Union[BiasTable, Tensor]
+SeedLike = Union[int, Sequence[int], Tensor]
+
+# Warpers the fused op implements, in the order HF applies them (GenerationMixin._get_logits_processor).
+_FUSED_WARPERS = (_lp.TemperatureLogitsWarper, _lp.TopKLogitsWarper, _lp.TopPLogitsWarper)
+# Warpers it does not implement (getattr: not every transformers version has all of them).
+_OTHER_WARPERS = tuple(getattr(_lp, name) for name in (
+    "MinPLogitsWarper", "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper", "TopHLogitsWarper")
+    if hasattr(_lp, name))
+
+
+def bias_tensor(bias: Optional[BiasLike], name: str = "bias") -> Optional[Tensor]:
+    """The [L, V] float32 mean of a BiasTable, or a validated [L, V] tensor (None stays None)."""
+    if bias is None:
+        return None
+    if isinstance(bias, BiasTable):
+        return bias.mean
+    if not isinstance(bias, Tensor) or bias.dim() != 2 or bias.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a BiasTable or a non-empty tensor [L, V], got "
+                         f"{getattr(bias, 'shape', type(bias).__name__)}")
+    if not bias.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {bias.dtype}")
+    return bias.float()
+
+
+def _check_strength(strength) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise ValueError(f"`strength` must be a finite number, got {strength!r}")
+    return float(strength)
+
+
+class TSDILogitsProcessor(LogitsProcessor):
+    """Subtract ``strength * bias[t]`` from the scores at answer step t < L (t = tokens generated so far).
+
+    Parameters
+    ----------
+    bias : BiasTable or float tensor [L, V]
+    prompt_length : int, the (padded) length of the prompt passed to generate, i.e. input_ids.shape[1].
+    strength : float, 1.0 removes the estimated bias; 0 disables; > 1 over-corrects.
+
+    Examples
+    --------
+    >>> inputs = tokenizer(prompts, return_tensors="pt", padding=True)   # padding_side="left"
+    >>> proc = TSDILogitsProcessor(table, prompt_length=inputs.input_ids.shape[1])
+    >>> model.generate(**inputs, logits_processor=[proc], do_sample=True, max_new_tokens=64)
+    """
+
+    def __init__(self, bias: BiasLike, prompt_length: int, strength: float = 1.0):
+        self.bias = bias_tensor(bias)
+        if self.bias is None:
+            raise ValueError("`bias` must be a BiasTable or a tensor [L, V], got None")
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 0:
+            raise ValueError(f"`prompt_length` must be a non-negative integer, got {prompt_length!r}")
+        self.prompt_length = prompt_length
+        self.strength = _check_strength(strength)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        t = input_ids.shape[1] - self.prompt_length
+        if t < 0:
+            raise ValueError(f"TSDILogitsProcessor: input_ids has {input_ids.shape[1]} tokens, fewer than "
+                             f"`prompt_length` = {self.prompt_length}")
+        if t >= self.bias.shape[0] or self.strength == 0.0:
+            return scores
+        if scores.shape[-1] != self.bias.shape[1]:
+            raise ValueError(f"TSDILogitsProcessor: `bias` has V = {self.bias.shape[1]} but the scores have "
+                             f"V = {scores.shape[-1]}: the table belongs to another vocabulary")
+        if self.bias.device != scores.device:
+            self.bias = self.bias.to(scores.device)  # once: later steps find it there
+        return scores - self.strength * self.bias[t].to(scores.dtype)
+
+
+def row_seeds(seed: SeedLike, batch: int, device) -> Tensor:
+    """int64 [B]. An int s gives rows s, s+1, ..., s+B-1 (so the rows of one call, e.g. num_return_sequences
+    copies of a prompt, differ); a list / tensor gives each row its own seed (then a row's tokens do not depend
+    on the rest of the batch)."""
+    if isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an integer or a per-row list / tensor of integers, got {seed!r}")
+    if isinstance(seed, int):
+        return seed + torch.arange(batch, dtype=torch.int64, device=device)
+    if isinstance(seed, Tensor):
+        if seed.is_floating_point() or seed.dim() != 1:
+            raise ValueError(f"`seed` tensor must be 1-D of integers, got {seed.dtype} {list(seed.shape)}")
+        values = seed.to(device=device, dtype=torch.int64)
+    elif isinstance(seed, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
+        values = torch.tensor(list(seed), dtype=torch.int64, device=device)
+    else:
+        raise ValueError(f"`seed` must be an integer or a per-row list / tensor of integers, got {seed!r:.80}")
+    if values.shape[0] != batch:
+        raise ValueError(f"`seed` has {values.shape[0]} entries but the batch has {batch} rows "
+                         "(after num_return_sequences expansion)")
+    return values
+
+
+def split_processors(logits_processor, do_sample: bool):
+    """(other processors, temperature, top_k, top_p) from HF's prepared processor list: the fused op takes over
+    TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, which HF appends after all other processors.
+    Reading the warpers HF built (rather than the generation config) gives HF's defaults for free, e.g. top_k=50."""
+    others, temperature, top_k, top_p = [], 1.0, 0, 1.0
+    seen_warper = False
+    for proc in logits_processor or []:
+        if isinstance(proc, _OTHER_WARPERS):
+            raise NotImplementedError(f"fused TSDI generation does not implement {type(proc).__name__}; use "
+                                      "model.generate(logits_processor=[TSDILogitsProcessor(...)]) instead")
+        if isinstance(proc, _FUSED_WARPERS):
+            seen_warper = True
+            if isinstance(proc, _lp.TemperatureLogitsWarper):
+                temperature = float(proc.temperature)
+            elif isinstance(proc, _lp.TopKLogitsWarper):
+                top_k = int(proc.top_k)
+            else:
+                if getattr(proc, "min_tokens_to_keep", 1) > 1:
+                    raise NotImplementedError("fused TSDI generation supports top_p with min_tokens_to_keep=1 only")
+                top_p = float(proc.top_p)
+            continue
+        if seen_warper:
+            raise NotImplementedError(f"{type(proc).__name__} runs after HF's sampling warpers; the fused sampler "
+                                      "applies them last and cannot honour that order")
+        others.append(proc)
+    if not do_sample:
+        temperature, top_k, top_p = 0.0, 0, 1.0  # greedy: argmax of the debiased scores
+    return others, temperature, top_k, top_p
+
+
+def _supports(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _decode_inputs(model, input_ids, model_kwargs):
+    """The next decoding step's forward inputs, across transformers 5.x (5.17 slices by cache_position,
+    later versions take next_sequence_length)."""
+    if _supports(model.prepare_inputs_for_generation, "next_sequence_length"):
+        step = 1 if model_kwargs.get("use_cache", True) else None
+        return model.prepare_inputs_for_generation(input_ids, next_sequence_length=step, **model_kwargs)
+    return model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+
+
+def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, seed: SeedLike = 0, streamer=None):
+    """A `custom_generate` callable for model.generate that debiases and samples in one fused op.
+
+    >>> model.generate(**inputs, custom_generate=fused_sampler(table, seed=[1, 2]), do_sample=True, top_p=0.9)
+    """
+    table = bias_tensor(bias)
+    strength = _check_strength(strength)
+    if not isinstance(seed, (int, list, tuple, Tensor)) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an integer or a per-row list / tensor of integers, got {seed!r:.80}")
+    captured_streamer = streamer
+
+    @torch.no_grad()
+    def tsdi_fused_sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                          synced_gpus=False, streamer=None, **model_kwargs):
+        streamer = streamer if streamer is not None else captured_streamer
+        if getattr(generation_config, "num_beams", 1) and generation_config.num_beams > 1:
+            raise ValueError("fused TSDI generation draws one sequence per row: for beam search use "
+                             "model.generate(logits_processor=[TSDILogitsProcessor(...)], num_beams=...)")
+        batch, prompt_length = input_ids.shape
+        device = input_ids.device
+        others, temperature, top_k, top_p = split_processors(logits_processor, generation_config.do_sample)
+        seeds = row_seeds(seed, batch, device)
+        bias_dev = None if table is None else table.to(device)
+        pad = generation_config._pad_token_tensor
+        has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
+        if has_eos and pad is None:
+            raise ValueError("generation stops at eos but no pad_token_id is set to fill finished rows")
+        want_scores = generation_config.return_dict_in_generate and generation_config.output_scores
+        want_logits = generation_config.return_dict_in_generate and generation_config.output_logits
+        scores, raw_logits = (), ()
+        unfinished = torch.ones(batch, dtype=torch.long, device=device)
+
+        if hasattr(model, "_prefill"):
+            outputs = model._prefill(input_ids, generation_config, model_kwargs)
+        else:
+            outputs = model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True)
+        while True:
+            model_kwargs = model._update_model_kwargs_for_generation(
+                outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
+            logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
+            del outputs
+            processed = logits
+            for proc in others:
+                processed = proc(input_ids, processed)
+            t = input_ids.shape[1] - prompt_length
+            if bias_dev is not None and bias_dev.shape[1] != processed.shape[1]:
+                raise ValueError(f"`bias` has V = {bias_dev.shape[1]} but the model's logits have "
+                                 f"V = {processed.shape[1]}: the table belongs to another vocabulary")
+            next_tokens = debias_sample(processed, bias_dev, positions=t, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seeds, strength=strength)
+            if want_scores:
+                in_range = bias_dev is not None and t < bias_dev.shape[0]
+                scores += (processed - strength * bias_dev[t] if in_range else processed,)
+            if want_logits:
+                raw_logits += (logits,)
+            if has_eos:
+                next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
+            if int(unfinished.max()) == 0:
+                break
+            outputs = model(**_decode_inputs(model, input_ids, model_kwargs), return_dict=True)
+        if streamer is not None:
+            streamer.end()
+        if generation_config.return_dict_in_generate:
+            from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+            return GenerateDecoderOnlyOutput(sequences=input_ids, scores=scores if want_scores else None,
+                                             logits=raw_logits if want_logits else None)
+        return input_ids
+
+    return tsdi_fused_sample
+
+
+def generate(model, bias: Optional[BiasLike] = None, strength: float = 1.0, seed: SeedLike = 0,
+             **generate_kwargs):
+    """model.generate(**generate_kwargs) with the TSDI bias removed and the sampling step fused into one op.
+
+    Honours the generation config as HF does: do_sample (False -> greedy), temperature, top_k (HF's default 50
+    when sampling), top_p, max_new_tokens, eos_token_id(s), pad_token_id, stopping_criteria, streamer, other
+    logits processors. `seed`: an int (row b uses seed + b) or one seed per row; row b's noise at answer step t
+    is keyed by (seed[b], t), so the same seeds give the same tokens on CPU and GPU.
+
+    >>> out = tsdi_kernels.generate(model, table, seed=0, **inputs, do_sample=True, top_p=0.9, max_new_tokens=32)
+    """
+    if "custom_generate" in generate_kwargs:
+        raise ValueError("`custom_generate` is set by tsdi_kernels.generate; call model.generate directly instead")
+    if generate_kwargs.get("num_beams", 1) > 1:
+        raise ValueError("tsdi_kernels.generate draws one sequence per row: for beam search use "
+                         "model.generate(logits_processor=[TSDILogitsProcessor(...)], num_beams=...)")
+    sampler = fused_sampler(bias, strength=strength, seed=seed, streamer=generate_kwargs.get("streamer"))
+    return model.generate(custom_generate=sampler, **generate_kwargs)
