@@ -15,7 +15,7 @@ if os.environ.get("TSDI_NO_EXTENSION", "0") != "1":
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     arch = os.environ.get("TSDI_CPU_ARCH", "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "")
-    cxx = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000", "-std=c++17", "-ffp-contract=off"]
     if arch:
         # CPU_CAPABILITY_AVX2 selects ATen's AVX2 specialisation of at::vec::Vectorized in our translation units.
         cxx += [f"-march={arch}", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]

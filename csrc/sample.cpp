@@ -1,0 +1,507 @@
+// debias_sample / debias_probs on CPU: one fused streaming pass over each row's logits (debias, temperature,
+// status flags, candidate buffer / online softmax / inline Gumbel-max), then an exact Hugging Face keep rule on
+// the few candidates. Semantics: tsdi_kernels/reference.py (the oracle of the tests).
+//
+// Work is split into (row, vocabulary chunk) items of a FIXED size kChunk, run with at::parallel_for and merged
+// per row in chunk order, so a row's result does not depend on the thread count, the batch size or the other rows.
+//
+// Bytes moved per row (B = 8, V = 128256, fp32): logits 513 KB + one bias row 513 KB (read once, nothing written
+// for debias_sample; a [V] float32 row written for debias_probs). The HF pipeline reads/writes ~10 [B, V] tensors
+// and sorts every row; here only top-k / nucleus candidates (typically < 4096) are ever sorted.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "philox.h"
+#include "sample.h"
+#include "vec_util.h"
+
+namespace tsdi {
+namespace {
+
+// Vocabulary slice of one work item: 16384 fp32 logits + bias = 128 KB, which stays in L2 for the merge.
+constexpr int64_t kChunk = 16384;
+// Candidate buffer capacity of top-k rows is max(2k, kCapTopK); after a compaction the buffer keeps its cap / 2
+// largest values, so the k largest of the chunk are always inside.
+constexpr int64_t kCapTopK = 1024;
+// Capacity of top-p-only rows. If the kept ~kCapTopP / 2 largest of every chunk do not carry top_p of the mass
+// (a flat distribution), the row takes the exact path: a second pass that sorts all finite tokens.
+constexpr int64_t kCapTopP = 4096;
+// The candidates' mass must exceed top_p by this much before tokens outside them are known to be dropped; it
+// covers the rounding differences between our sums and torch.softmax / torch.cumsum.
+constexpr double kMassMargin = 1e-5;
+
+constexpr int64_t ERR_NAN = -1;       // reference.ERR_NAN
+constexpr int64_t ERR_NO_FINITE = -2;  // reference.ERR_NO_FINITE
+
+enum class Mode { kGreedy, kFull, kFilter };
+
+struct Cand {
+  float z;
+  int32_t idx;
+};
+// Hugging Face's rank order: z descending, equal z by index descending (ascending stable sort, then flipped).
+inline bool hf_before(const Cand& a, const Cand& b) { return a.z > b.z || (a.z == b.z && a.idx > b.idx); }
+
+struct RowPlan {
+  Mode mode;
+  const void* x;      // row of logits (dtype of the op)
+  const float* bias;  // bias row or nullptr
+  float strength, temp, top_p;
+  int64_t top_k;  // 0 = off (also when k >= V, where top-k keeps everything)
+  int64_t cap;    // candidate buffer capacity (kFilter)
+  bool want_sum;  // online max / sum of exp over the whole row
+  bool want_noise;  // inline Gumbel-max over the whole row (kFull rows of debias_sample)
+  int64_t seed, position;
+};
+
+struct ChunkOut {
+  bool nan = false, posinf = false, finite = false;
+  float best = -kInf;  // greedy: max debiased logit; kFull: max of z + g
+  int64_t best_idx = -1;
+  float m = kLowest, s = 0.f;  // sum over the chunk of exp(z - m)
+  float cutoff = kLowest;      // candidates are exactly the chunk's tokens with z >= cutoff
+  std::vector<Cand> cand;
+};
+
+struct RowResult {
+  int64_t status = 0;
+  int64_t token = 0;
+  float m = kLowest, s = 0.f;  // kFull rows of debias_probs: softmax over all tokens
+  std::vector<Cand> kept;      // kFilter rows: kept tokens, z replaced by their probability (debias_probs)
+};
+
+// Keeps the cap / 2 largest values (and their ties); returns the new cutoff, which only rises.
+float compact(std::vector<Cand>& cand, int64_t cap) {
+  const auto kth = cand.begin() + (cap / 2 - 1);
+  std::nth_element(cand.begin(), kth, cand.end(), [](const Cand& a, const Cand& b) { return a.z > b.z; });
+  const float cutoff = kth->z;
+  cand.erase(std::remove_if(cand.begin(), cand.end(), [cutoff](const Cand& c) { return c.z < cutoff; }), cand.end());
+  return cutoff;
+}
+
+template <typename T>
+void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
+  const T* x = static_cast<const T*>(rp.x);
+  const float* bias = rp.bias;
+  const Vec vs(rp.strength), vt(rp.temp), vinf(kInf), vgmax(kGumbelMax);
+  const bool greedy = rp.mode == Mode::kGreedy, filter = rp.mode == Mode::kFilter;
+  Vec nan_acc(0.f), pinf_acc(0.f), fin_acc(0.f);
+  Vec m(kLowest), s(0.f);
+  float best = out.best;
+  int64_t best_idx = out.best_idx;
+  Vec best_v(best);
+  int64_t cap = rp.cap;
+  float cutoff = out.cutoff;
+  Vec cut_v(cutoff);
+  std::optional<PhiloxRow> philox;
+  if (rp.want_noise) philox.emplace(rp.seed, rp.position);
+  __at_align__ float zb[kW];
+
+  auto block = [&](const Vec& d, int64_t v) {
+    // status flags on the debiased, unscaled logits (reference._row_status)
+    nan_acc = nan_acc | (d != d);
+    pinf_acc = pinf_acc | (d == vinf);
+    fin_acc = fin_acc | (d.abs() < vinf);
+    if (greedy) {  // argmax of the debiased logits, first index among equals
+      if (movemask(d > best_v)) {
+        d.store(zb);
+        for (int l = 0; l < kW; ++l) {
+          if (zb[l] > best) best = zb[l], best_idx = v + l;
+        }
+        best_v = Vec(best);
+      }
+      return;
+    }
+    const Vec z = d / vt;  // division, as HF's TemperatureLogitsWarper (z * (1/T) would round differently)
+    if (rp.want_sum) {  // online softmax statistics per lane; rescale only when a lane's max rises
+      if (movemask(z > m)) {
+        const Vec mn = at::vec::maximum(m, z);
+        s = s * (m - mn).exp();
+        m = mn;
+      }
+      s = s + (z - m).exp();
+    }
+    if (rp.want_noise && movemask((z + vgmax) > best_v)) {  // only tokens that can still win need noise
+      const Vec val = z + philox->gumbel_from(v);
+      if (movemask(val > best_v)) {
+        val.store(zb);
+        for (int l = 0; l < kW; ++l) {
+          if (zb[l] > best) best = zb[l], best_idx = v + l;
+        }
+        best_v = Vec(best);
+      }
+    }
+    if (filter) {
+      const int bits = movemask(z >= cut_v);  // excludes NaN, and -inf (cutoff >= lowest finite float)
+      if (bits) {
+        z.store(zb);
+        for (int l = 0; l < kW; ++l) {
+          if (((bits >> l) & 1) && zb[l] >= cutoff) {
+            out.cand.push_back({zb[l], static_cast<int32_t>(v + l)});
+            if (static_cast<int64_t>(out.cand.size()) >= cap) {
+              cutoff = compact(out.cand, cap);
+              cut_v = Vec(cutoff);
+              // many ties with the cutoff: grow instead of compacting again at once
+              if (static_cast<int64_t>(out.cand.size()) > cap * 3 / 4) cap *= 2;
+            }
+          }
+        }
+      }
+    }
+  };
+
+  int64_t v = v0;
+  for (; v + kW <= v1; v += kW) {
+    const Vec xv = load_vec(x + v);
+    block(bias ? xv - vs * Vec::loadu(bias + v) : xv, v);
+  }
+  if (v < v1) {  // tail: padding lanes are -inf, which changes no flag, sum, maximum or candidate set
+    const int64_t n = v1 - v;
+    const Vec xv = load_partial(x + v, n, -kInf);
+    block(bias ? xv - vs * load_partial(bias + v, n, 0.f) : xv, v);
+  }
+
+  out.nan = movemask(nan_acc) != 0;
+  out.posinf = movemask(pinf_acc) != 0;
+  out.finite = movemask(fin_acc) != 0;
+  out.best = best;
+  out.best_idx = best_idx;
+  out.cutoff = cutoff;
+  if (rp.want_sum) {  // lanes merged in a fixed order
+    __at_align__ float ml[kW], sl[kW];
+    m.store(ml);
+    s.store(sl);
+    float mm = kLowest;
+    for (int l = 0; l < kW; ++l) mm = std::max(mm, ml[l]);
+    float ss = 0.f;
+    for (int l = 0; l < kW; ++l) ss += sl[l] * std::exp(ml[l] - mm);
+    out.m = mm;
+    out.s = ss;
+  }
+}
+
+// Exact keep rule on candidates sorted in HF order. `complete`: they are all finite tokens of the row.
+// s_all: softmax denominator over the whole row (rows without top-k). Returns false when tokens outside the
+// candidates might be kept (top-p rows whose candidates carry less than top_p of the mass).
+bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, float s_all, std::vector<Cand>& kept,
+               float& s_kept) {
+  kept.clear();
+  s_kept = 0.f;
+  const int64_t n = static_cast<int64_t>(c.size());
+  if (n == 0) return true;
+  const float top = c[0].z;
+  int64_t end = n;
+  if (k > 0) {
+    if (k <= n) {  // TopKLogitsWarper: keep z >= the k-th largest, ties included
+      const float kth = c[k - 1].z;
+      end = k;
+      while (end < n && c[end].z >= kth) ++end;
+    } else if (!complete) {
+      return false;  // cannot happen (capacity >= 2k); be safe
+    }
+  }
+  std::vector<char> keep(end, 1);
+  if (p < 1.f) {  // TopPLogitsWarper: keep iff the mass ranked strictly above is < p; the top token always
+    float s = s_all;
+    if (k > 0) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < end; ++i) acc += std::exp(c[i].z - top);
+      s = static_cast<float>(acc);
+    }
+    double cum = 0.0;  // torch.cumsum accumulates float32 in double on CPU
+    for (int64_t i = 0; i < end; ++i) {
+      const float pr = std::exp(c[i].z - top) / s;
+      cum += pr;
+      const float above = static_cast<float>(cum) - pr;
+      keep[i] = i == 0 || above < p;
+    }
+    if (k == 0 && !complete && cum < static_cast<double>(p) + kMassMargin) return false;
+  }
+  double acc = 0.0;
+  for (int64_t i = 0; i < end; ++i) {
+    if (keep[i]) {
+      kept.push_back(c[i]);
+      acc += std::exp(c[i].z - top);
+    }
+  }
+  s_kept = static_cast<float>(acc);
+  return true;
+}
+
+// Gumbel-max over the kept tokens: argmax z + g, ties to the lowest index; all -inf -> 0 like torch.argmax.
+int64_t gumbel_max(const std::vector<Cand>& kept, const RowPlan& rp) {
+  const PhiloxRow philox(rp.seed, rp.position);
+  float best = -kInf;
+  int64_t best_idx = 0;
+  __at_align__ int32_t tok[kW];
+  __at_align__ float g[kW];
+  const int64_t n = static_cast<int64_t>(kept.size());
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t cnt = std::min<int64_t>(kW, n - i);
+    for (int l = 0; l < kW; ++l) tok[l] = kept[i + std::min<int64_t>(l, cnt - 1)].idx;
+    philox.gumbel(tok).store(g);
+    for (int64_t l = 0; l < cnt; ++l) {
+      const float val = kept[i + l].z + g[l];
+      if (val > best || (val == best && val > -kInf && tok[l] < best_idx)) best = val, best_idx = tok[l];
+    }
+  }
+  return best_idx;
+}
+
+// The exact path: every finite token of the row (all zeros for a bad row, as the reference does), sorted.
+template <typename T>
+std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row) {
+  std::vector<Cand> c;
+  c.reserve(vocab);
+  const T* x = static_cast<const T*>(rp.x);
+  for (int64_t v = 0; v < vocab; ++v) {
+    float z = 0.f;
+    if (!zero_row) {
+      const float d = rp.bias ? static_cast<float>(x[v]) - rp.strength * rp.bias[v] : static_cast<float>(x[v]);
+      z = d / rp.temp;
+    }
+    if (z > -kInf) c.push_back({z, static_cast<int32_t>(v)});
+  }
+  std::sort(c.begin(), c.end(), hf_before);
+  return c;
+}
+
+struct Problem {
+  at::Tensor logits;
+  std::optional<at::Tensor> bias;
+  at::Tensor positions, temperature, top_k, top_p, seed;
+  double strength;
+};
+
+void check_inputs(const Problem& pb, bool with_seed) {
+  const auto& lg = pb.logits;
+  TORCH_CHECK(lg.device().is_cpu() && lg.dim() == 2, "tsdi: `logits` must be a 2-D CPU tensor");
+  TORCH_CHECK(lg.scalar_type() == at::kFloat || lg.scalar_type() == at::kBFloat16 || lg.scalar_type() == at::kHalf,
+              "tsdi: `logits` must be float32, bfloat16 or float16");
+  TORCH_CHECK(lg.size(1) == 1 || lg.stride(1) == 1, "tsdi: `logits` must have unit stride along V");
+  TORCH_CHECK(lg.size(1) > 0 && lg.size(1) < (int64_t{1} << 31), "tsdi: `logits` V must be in [1, 2^31)");
+  const int64_t batch = lg.size(0), vocab = lg.size(1);
+  if (pb.bias.has_value()) {
+    const auto& b = *pb.bias;
+    TORCH_CHECK(b.device().is_cpu() && b.dim() == 2 && b.scalar_type() == at::kFloat && b.is_contiguous() &&
+                    b.size(1) == vocab,
+                "tsdi: `bias` must be a contiguous float32 CPU tensor [L, V]");
+  }
+  auto row = [&](const at::Tensor& t, at::ScalarType dt, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dt, "tsdi: `", name,
+                "` must be a CPU tensor [B] of ", dt);
+  };
+  row(pb.positions, at::kLong, "positions");
+  row(pb.temperature, at::kFloat, "temperature");
+  row(pb.top_k, at::kLong, "top_k");
+  row(pb.top_p, at::kFloat, "top_p");
+  if (with_seed) row(pb.seed, at::kLong, "seed");
+}
+
+// Runs both ops: tokens (debias_sample) or probabilities (debias_probs, out != nullptr).
+template <typename T>
+void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int64_t* status) {
+  const int64_t batch = pb.logits.size(0), vocab = pb.logits.size(1), row_stride = pb.logits.stride(0);
+  const T* base = pb.logits.template data_ptr<T>();
+  const float* bias = pb.bias.has_value() ? pb.bias->data_ptr<float>() : nullptr;
+  const int64_t bias_rows = pb.bias.has_value() ? pb.bias->size(0) : 0;
+  const auto positions = pb.positions.contiguous(), temperature = pb.temperature.contiguous(),
+             top_k = pb.top_k.contiguous(), top_p = pb.top_p.contiguous();
+  const auto seed = probs_mode ? at::Tensor() : pb.seed.contiguous();
+
+  std::vector<RowPlan> plans(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    RowPlan& rp = plans[b];
+    const int64_t pos = positions.data_ptr<int64_t>()[b];
+    TORCH_CHECK(pos >= 0, "tsdi: `positions` must be >= 0");
+    rp.x = base + b * row_stride;
+    rp.bias = pos < bias_rows ? bias + pos * vocab : nullptr;
+    rp.strength = static_cast<float>(pb.strength);  // torch multiplies a float32 tensor by float(strength)
+    rp.temp = temperature.data_ptr<float>()[b];
+    rp.top_p = top_p.data_ptr<float>()[b];
+    const int64_t k = top_k.data_ptr<int64_t>()[b];
+    rp.top_k = (k > 0 && k < vocab) ? k : 0;
+    rp.seed = probs_mode ? 0 : seed.data_ptr<int64_t>()[b];
+    rp.position = pos;
+    rp.mode = rp.temp == 0.f ? Mode::kGreedy : (rp.top_k == 0 && !(rp.top_p < 1.f)) ? Mode::kFull : Mode::kFilter;
+    rp.cap = rp.top_k > 0 ? std::max<int64_t>(2 * rp.top_k, kCapTopK) : kCapTopP;
+    rp.want_sum = (rp.mode == Mode::kFilter && rp.top_k == 0) || (rp.mode == Mode::kFull && probs_mode);
+    rp.want_noise = rp.mode == Mode::kFull && !probs_mode;
+  }
+
+  // Phase 1: fused pass over every (row, chunk).
+  const int64_t nchunk = (vocab + kChunk - 1) / kChunk;
+  std::vector<ChunkOut> chunks(batch * nchunk);
+  at::parallel_for(0, batch * nchunk, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / nchunk, v0 = (i % nchunk) * kChunk;
+      scan_chunk<T>(plans[b], v0, std::min(vocab, v0 + kChunk), chunks[i]);
+    }
+  });
+
+  // Phase 2: per row, merge the chunks in order, apply the keep rule, draw.
+  std::vector<RowResult> results(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const RowPlan& rp = plans[b];
+      RowResult& res = results[b];
+      const ChunkOut* ch = &chunks[b * nchunk];
+      bool nan = false, posinf = false, finite = false;
+      float best = -kInf, m = kLowest, cutoff = kLowest;
+      int64_t best_idx = 0;
+      for (int64_t c = 0; c < nchunk; ++c) {
+        nan |= ch[c].nan;
+        posinf |= ch[c].posinf;
+        finite |= ch[c].finite;
+        if (ch[c].best_idx >= 0 && ch[c].best > best) best = ch[c].best, best_idx = ch[c].best_idx;
+        m = std::max(m, ch[c].m);
+        cutoff = std::max(cutoff, ch[c].cutoff);
+      }
+      float s = 0.f;
+      if (rp.want_sum) {
+        for (int64_t c = 0; c < nchunk; ++c) s += ch[c].s * std::exp(ch[c].m - m);
+      }
+      res.status = nan ? ERR_NAN : (posinf || !finite) ? ERR_NO_FINITE : 0;
+      const bool bad = res.status != 0;
+      if (bad && !probs_mode) continue;
+      if (rp.mode == Mode::kGreedy) {
+        res.token = bad ? 0 : best_idx;
+        continue;
+      }
+      if (rp.mode == Mode::kFull && !bad) {
+        res.token = best_idx;
+        res.m = m;
+        res.s = s;
+        continue;
+      }
+      // kFilter (or a bad row of debias_probs, evaluated on zeros as the reference does)
+      float s_kept = 0.f;
+      bool done = false;
+      if (!bad && rp.mode == Mode::kFilter) {
+        std::vector<Cand> cand;
+        for (int64_t c = 0; c < nchunk; ++c) {
+          for (const Cand& e : ch[c].cand) {
+            if (e.z >= cutoff) cand.push_back(e);
+          }
+        }
+        std::sort(cand.begin(), cand.end(), hf_before);
+        // no chunk ever compacted -> the candidates are all finite tokens
+        done = keep_rule(cand, cutoff == kLowest, rp.top_k, rp.top_p, s, res.kept, s_kept);
+      }
+      if (!done) {
+        const auto all = all_tokens<T>(rp, vocab, bad);
+        const float s_all = bad ? static_cast<float>(vocab) : s;
+        keep_rule(all, true, rp.top_k, rp.mode == Mode::kFilter ? rp.top_p : 1.f, s_all, res.kept, s_kept);
+      }
+      if (!probs_mode) {
+        res.token = gumbel_max(res.kept, rp);
+      } else if (!res.kept.empty()) {
+        const float top = res.kept[0].z;
+        for (Cand& e : res.kept) e.z = std::exp(e.z - top) / s_kept;
+        std::sort(res.kept.begin(), res.kept.end(), [](const Cand& a, const Cand& b) { return a.idx < b.idx; });
+      }
+    }
+  });
+
+  if (!probs_mode) {
+    for (int64_t b = 0; b < batch; ++b) tokens[b] = results[b].status ? results[b].status : results[b].token;
+    return;
+  }
+  for (int64_t b = 0; b < batch; ++b) status[b] = results[b].status;
+
+  // Phase 3 (debias_probs): write each [V] row once, chunk by chunk.
+  at::parallel_for(0, batch * nchunk, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / nchunk, v0 = (i % nchunk) * kChunk, v1 = std::min(vocab, v0 + kChunk);
+      const RowPlan& rp = plans[b];
+      const RowResult& res = results[b];
+      float* out = probs + b * vocab;
+      if (rp.mode == Mode::kFull && res.status == 0) {  // softmax of all tokens: exp(z - m) / s
+        const T* x = static_cast<const T*>(rp.x);
+        const Vec vs(rp.strength), vt(rp.temp), vm(res.m), vsum(res.s);
+        for (int64_t v = v0; v < v1; v += kW) {
+          const int64_t n = std::min<int64_t>(kW, v1 - v);
+          Vec xv = n == kW ? load_vec(x + v) : load_partial(x + v, n, -kInf);
+          if (rp.bias) xv = xv - vs * (n == kW ? Vec::loadu(rp.bias + v) : load_partial(rp.bias + v, n, 0.f));
+          ((xv / vt - vm).exp() / vsum).store(out + v, static_cast<int>(n));
+        }
+        continue;
+      }
+      std::fill(out + v0, out + v1, 0.f);
+      if (rp.mode == Mode::kGreedy) {
+        if (res.token >= v0 && res.token < v1) out[res.token] = 1.f;
+        continue;
+      }
+      auto it = std::lower_bound(res.kept.begin(), res.kept.end(), v0,
+                                 [](const Cand& e, int64_t v) { return e.idx < v; });
+      for (; it != res.kept.end() && it->idx < v1; ++it) out[it->idx] = it->z;
+    }
+  });
+}
+
+template <typename F>
+void dispatch(at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: f(float{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    default: TORCH_CHECK(false, "tsdi: unsupported logits dtype ", dt);
+  }
+}
+
+}  // namespace
+
+at::Tensor debias_sample_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& positions, const at::Tensor& temperature, const at::Tensor& top_k,
+                             const at::Tensor& top_p, const at::Tensor& seed, double strength) {
+  const Problem pb{logits, bias, positions, temperature, top_k, top_p, seed, strength};
+  check_inputs(pb, true);
+  auto tokens = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  dispatch(logits.scalar_type(), [&](auto tag) {
+    run<decltype(tag)>(pb, false, tokens.data_ptr<int64_t>(), nullptr, nullptr);
+  });
+  return tokens;
+}
+
+std::tuple<at::Tensor, at::Tensor> debias_probs_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                                                    const at::Tensor& positions, const at::Tensor& temperature,
+                                                    const at::Tensor& top_k, const at::Tensor& top_p,
+                                                    double strength) {
+  const Problem pb{logits, bias, positions, temperature, top_k, top_p, at::Tensor(), strength};
+  check_inputs(pb, false);
+  auto probs = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(at::kFloat));
+  auto status = at::zeros({logits.size(0)}, logits.options().dtype(at::kLong));
+  dispatch(logits.scalar_type(), [&](auto tag) {
+    run<decltype(tag)>(pb, true, nullptr, probs.data_ptr<float>(), status.data_ptr<int64_t>());
+  });
+  return {probs, status};
+}
+
+at::Tensor philox_uniform_cpu(const at::Tensor& seed, const at::Tensor& positions, const at::Tensor& tokens) {
+  TORCH_CHECK(seed.scalar_type() == at::kLong && positions.scalar_type() == at::kLong &&
+                  tokens.scalar_type() == at::kLong,
+              "tsdi: _cpu_philox_uniform takes int64 tensors");
+  auto bt = at::broadcast_tensors({seed, positions, tokens});
+  const auto s = bt[0].contiguous(), p = bt[1].contiguous(), t = bt[2].contiguous();
+  auto out = at::empty(s.sizes(), s.options().dtype(at::kFloat));
+  const int64_t n = s.numel();
+  const int64_t *sp = s.data_ptr<int64_t>(), *pp = p.data_ptr<int64_t>(), *tp = t.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  // Element i goes through lane i % kW of the vectorised generator the kernels use (every lane gets tested).
+  __at_align__ int32_t tok[kW];
+  __at_align__ float u[kW];
+  for (int64_t i = 0; i < n; ++i) {
+    const int lane = static_cast<int>(i % kW);
+    for (int l = 0; l < kW; ++l) tok[l] = static_cast<int32_t>(tp[i] + (l - lane));
+    PhiloxRow(sp[i], pp[i]).uniform(tok).store(u);
+    op[i] = u[lane];
+  }
+  return out;
+}
+
+}  // namespace tsdi

@@ -1,0 +1,71 @@
+// Small helpers over at::vec::Vectorized<float>: widening loads of fp32 / bf16 / fp16 logits, lane masks.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace tsdi {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int kW = Vec::size();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kLowest = std::numeric_limits<float>::lowest();
+
+// kW consecutive elements widened to float (bf16 -> fp32 is a 16-bit shift, fp16 uses F16C's vcvtph2ps).
+template <typename T>
+inline Vec load_vec(const T* p) {
+  __at_align__ float buf[kW];
+  for (int l = 0; l < kW; ++l) buf[l] = static_cast<float>(p[l]);
+  return Vec::loadu(buf);
+}
+template <>
+inline Vec load_vec<float>(const float* p) {
+  return Vec::loadu(p);
+}
+#if defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec load_vec<c10::BFloat16>(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return Vec(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+}
+template <>
+inline Vec load_vec<c10::Half>(const c10::Half* p) {
+  return Vec(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
+// The first n < kW elements; the other lanes hold `fill`.
+template <typename T>
+inline Vec load_partial(const T* p, int64_t n, float fill) {
+  __at_align__ float buf[kW];
+  for (int l = 0; l < kW; ++l) buf[l] = l < n ? static_cast<float>(p[l]) : fill;
+  return Vec::loadu(buf);
+}
+
+// Bit l set iff lane l of the comparison mask m is set.
+inline int movemask(const Vec& m) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return _mm256_movemask_ps(m);
+#else
+  __at_align__ float buf[kW];
+  m.store(buf);
+  int bits = 0;
+  for (int l = 0; l < kW; ++l) {
+    uint32_t u;
+    std::memcpy(&u, &buf[l], 4);
+    bits |= (u >> 31) << l;
+  }
+  return bits;
+#endif
+}
+
+}  // namespace tsdi
