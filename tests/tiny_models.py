@@ -113,3 +113,16 @@ def tiny_pair(length: int = 4, *, seed: int = 0):
     bias = known_bias(length, len(tok))
     aligned = BiasedLM(ref, bias, tok.convert_tokens_to_ids("<|assistant|>"))
     return tok, ref, aligned, bias
+
+
+class single_thread:
+    """Context manager: one intra-op thread. The tiny models' matmuls are microseconds of work; on a shared
+    2-core machine, thread hand-off dominates them (measured 50x slower forwards with 2 threads under load)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)

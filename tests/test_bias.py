@@ -1,0 +1,147 @@
+"""BiasTable: statistics, file format (round trip, validation, atomic write), tokenizer check, top_tokens."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_models import single_thread, tiny_tokenizer
+
+import tsdi_kernels
+from tsdi_kernels import BiasTable, LogitMeanAccumulator
+from tsdi_kernels.bias import FORMAT_VERSION, tokenizer_fingerprint
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def make_table(tok, length=3, rows=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    vocab = len(tok)
+    acc = LogitMeanAccumulator(length, vocab)
+    acc.update(torch.randn(rows, length, vocab, generator=gen), torch.randn(rows, length, vocab, generator=gen))
+    meta = {"aligned": "a", "reference": "r", "tokenizer_fingerprint": tokenizer_fingerprint(tok), "seed": seed,
+            "prompt_tokens": [8, 32], "normalize": True}
+    return BiasTable.from_accumulator(acc, meta), acc
+
+
+def test_statistics_match_the_accumulator(tok):
+    table, acc = make_table(tok)
+    assert (table.length, table.vocab_size) == (3, len(tok))
+    torch.testing.assert_close(table.stderr, acc.stderr())
+    assert table.count.tolist() == [16, 16, 16]
+    assert "L=3" in repr(table)
+
+
+def test_save_load_round_trip(tok, tmp_path):
+    table, _ = make_table(tok)
+    path = tmp_path / "bias.safetensors"
+    table.save(path)
+    loaded = BiasTable.load(path, tokenizer=tok)
+    for name in ("mean", "m2", "count"):
+        assert torch.equal(getattr(loaded, name), getattr(table, name)), name
+    assert loaded.metadata["prompt_tokens"] == [8, 32]  # JSON round trip keeps types
+    assert loaded.metadata["format_version"] == FORMAT_VERSION
+    assert loaded.metadata["package_version"] == tsdi_kernels.__version__
+    assert [p.name for p in tmp_path.iterdir()] == ["bias.safetensors"]  # no temporary file left behind
+
+
+def test_save_is_atomic(tok, tmp_path, monkeypatch):
+    """A failed write leaves the previous file intact and no temporary file."""
+    table, _ = make_table(tok)
+    path = tmp_path / "bias.safetensors"
+    table.save(path)
+    before = path.read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make_table(tok, seed=1)[0].save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bias.safetensors"]
+
+
+def test_load_refuses_another_vocabulary(tok, tmp_path):
+    table, _ = make_table(tok)
+    path = tmp_path / "bias.safetensors"
+    table.save(path)
+    other = tiny_tokenizer(vocab_size=300)
+    with pytest.raises(ValueError, match="different tokenizer vocabulary"):
+        BiasTable.load(path, tokenizer=other)
+    bigger = tiny_tokenizer(vocab_size=400)
+    with pytest.raises(ValueError, match="estimated for another vocabulary"):
+        BiasTable.load(path, tokenizer=bigger)
+
+
+@pytest.mark.parametrize("case", ["missing-tensor", "bad-version", "no-version", "bad-shape", "bad-dtype", "garbage"])
+def test_load_validates(tok, tmp_path, case):
+    table, _ = make_table(tok)
+    tensors = {"mean": table.mean, "m2": table.m2, "count": table.count}
+    meta = {"format_version": json.dumps(FORMAT_VERSION)}
+    if case == "missing-tensor":
+        del tensors["m2"]
+    elif case == "bad-version":
+        meta["format_version"] = "99"
+    elif case == "no-version":
+        meta = {}
+    elif case == "bad-shape":
+        tensors["count"] = torch.zeros(7, dtype=torch.int64)
+    elif case == "bad-dtype":
+        tensors["mean"] = table.mean.double()
+    path = tmp_path / "t.safetensors"
+    if case == "garbage":
+        path.write_bytes(b"\x00not a safetensors file at all")
+    else:
+        save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError):
+        BiasTable.load(path)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BiasTable.load(tmp_path / "nope.safetensors")
+
+
+def test_constructor_validates():
+    mean = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="`m2`"):
+        BiasTable(mean, torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="`count`"):
+        BiasTable(mean, torch.zeros(2, 5), torch.zeros(2))
+    with pytest.raises(ValueError, match="`mean`"):
+        BiasTable(torch.zeros(5), torch.zeros(2, 5), torch.zeros(2, dtype=torch.int64))
+
+
+def test_top_tokens(tok):
+    table, _ = make_table(tok)
+    top = table.top_tokens(1, 4, tok)
+    assert len(top) == 4
+    expected = torch.topk(table.mean[1], 4)
+    assert [row[0] for row in top] == expected.indices.tolist()
+    assert all(isinstance(row[1], str) for row in top)
+    assert [row[2] for row in top] == pytest.approx(expected.values.tolist())
+    assert [row[3] for row in top] == pytest.approx(table.stderr[1, expected.indices].tolist())
+    bottom = table.top_tokens(1, 2, largest=False)
+    assert bottom[0][0] == int(table.mean[1].argmin()) and bottom[0][1] is None
+    with pytest.raises(ValueError, match="`t`"):
+        table.top_tokens(3, 4)
+    with pytest.raises(ValueError, match="`k`"):
+        table.top_tokens(0, 0)
+
+
+def test_to_device(tok):
+    table, _ = make_table(tok)
+    moved = table.to("cpu")
+    assert moved is not table and torch.equal(moved.mean, table.mean) and moved.metadata == table.metadata
