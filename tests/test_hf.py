@@ -103,8 +103,9 @@ def test_fused_step_distribution_equals_hf(setup, monkeypatch, kwargs, params):
     assert len(calls) == L + 2
     temperature, top_k, top_p = params
     for t, (logits, kw) in enumerate(calls):
-        assert kw["positions"] == t and kw["temperature"] == temperature and kw["top_k"] == top_k
-        assert kw["top_p"] == pytest.approx(top_p)
+        assert kw["positions"] == t and kw["top_k"].tolist() == [top_k] * 3
+        assert kw["temperature"].tolist() == pytest.approx([temperature] * 3)
+        assert kw["top_p"].tolist() == pytest.approx([top_p] * 3)
         fused = tsdi_kernels.debias_probs(logits, bias, positions=t, temperature=kw["temperature"],
                                           top_k=kw["top_k"], top_p=kw["top_p"])
         torch.testing.assert_close(fused, hf_probs(logits, bias, t, temperature, top_k, top_p), atol=1e-6, rtol=0)

@@ -154,13 +154,15 @@ def _supports(fn, name: str) -> bool:
         return False
 
 
-def _decode_inputs(model, input_ids, model_kwargs):
-    """The next decoding step's forward inputs, across transformers 5.x (5.17 slices by cache_position,
-    later versions take next_sequence_length)."""
+def _decode_inputs_fn(model):
+    """The next decoding step's forward inputs, across transformers 5.x (5.17 slices by cache_position, later
+    versions take next_sequence_length). The signature is inspected once per generate call, not per step."""
     if _supports(model.prepare_inputs_for_generation, "next_sequence_length"):
-        step = 1 if model_kwargs.get("use_cache", True) else None
-        return model.prepare_inputs_for_generation(input_ids, next_sequence_length=step, **model_kwargs)
-    return model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+        def prepare(input_ids, model_kwargs):
+            step = 1 if model_kwargs.get("use_cache", True) else None
+            return model.prepare_inputs_for_generation(input_ids, next_sequence_length=step, **model_kwargs)
+        return prepare
+    return lambda input_ids, model_kwargs: model.prepare_inputs_for_generation(input_ids, **model_kwargs)
 
 
 def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, seed: SeedLike = 0, streamer=None):
@@ -185,6 +187,11 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
         device = input_ids.device
         others, temperature, top_k, top_p = split_processors(logits_processor, generation_config.do_sample)
         seeds = row_seeds(seed, batch, device)
+        # per-row parameters as tensors once, not rebuilt from scalars at every step
+        temperature = torch.full((batch,), temperature, dtype=torch.float32, device=device)
+        top_k = torch.full((batch,), top_k, dtype=torch.int64, device=device)
+        top_p = torch.full((batch,), top_p, dtype=torch.float32, device=device)
+        decode_inputs = _decode_inputs_fn(model)
         bias_dev = None if table is None else table.to(device)
         pad = generation_config._pad_token_tensor
         has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
@@ -226,7 +233,7 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
             unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
             if int(unfinished.max()) == 0:
                 break
-            outputs = model(**_decode_inputs(model, input_ids, model_kwargs), return_dict=True)
+            outputs = model(**decode_inputs(input_ids, model_kwargs), return_dict=True)
         if streamer is not None:
             streamer.end()
         if generation_config.return_dict_in_generate:

@@ -1,0 +1,123 @@
+"""Fused TSDI generation vs Hugging Face generate with TSDILogitsProcessor, same model, prompts and settings.
+
+    pytest benchmarks/bench_generate.py --benchmark-enable -s
+
+Two models with a tiny body (hidden 64, 2 layers) so that the sampling step is a visible part of each decoding
+step: vocabulary 512, and 128256 (Llama 3's), where HF's pipeline (processor, temperature, top-k, top-p with a
+full sort, softmax, multinomial) makes several [B, V] passes and the fused op one.
+Reported per case (benchmark.extra_info): new tokens per second of the whole generate call, and the time of the
+sampling step alone (measured on the same [B, V] logits in isolation) as a share of a decoding step.
+Roles follow benchmarks/conftest.py's convention ("baseline" / "candidate" in one group); the module also prints
+the candidate/baseline ratios itself at the end.
+"""
+import time
+
+import pytest
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, LogitsProcessorList, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
+
+import tsdi_kernels
+from tsdi_kernels import TSDILogitsProcessor
+
+BATCH, PROMPT, NEW_TOKENS, BIAS_LENGTH = 8, 16, 32, 16
+SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.9)
+VOCABS = {"V512": 512, "V128256": 128256}
+_results = {}
+
+
+def tiny_model(vocab: int) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    # no eos: every call generates exactly NEW_TOKENS tokens, so both sides do the same work
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@pytest.fixture(scope="module", params=list(VOCABS), ids=list(VOCABS))
+def case(request):
+    vocab = VOCABS[request.param]
+    model = tiny_model(vocab)
+    gen = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, vocab, (BATCH, PROMPT), generator=gen)
+    bias = torch.randn(BIAS_LENGTH, vocab, generator=gen)
+    return request.param, model, input_ids, bias
+
+
+def sampling_step_seconds(fn, repeats: int = 20) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def hf_step(logits, bias):
+    """What HF's _sample does per step with the processor: processors + warpers, softmax, multinomial."""
+    procs = LogitsProcessorList([TSDILogitsProcessor(bias, 0), TemperatureLogitsWarper(SAMPLING["temperature"]),
+                                 TopKLogitsWarper(SAMPLING["top_k"]), TopPLogitsWarper(SAMPLING["top_p"])])
+    ids = torch.zeros(logits.shape[0], 1, dtype=torch.long)
+    return lambda: torch.multinomial(torch.softmax(procs(ids, logits), -1), 1)
+
+
+def fused_step(logits, bias):
+    return lambda: tsdi_kernels.debias_sample(logits, bias, positions=1, temperature=SAMPLING["temperature"],
+                                              top_k=SAMPLING["top_k"], top_p=SAMPLING["top_p"], seed=0)
+
+
+def record(benchmark, name, role, elapsed, step):
+    steps_per_s = NEW_TOKENS / elapsed
+    info = {"role": role, "new_tokens_per_s": BATCH * NEW_TOKENS / elapsed,
+            "sampling_ms_per_step": 1e3 * step, "sampling_share_of_step": step * steps_per_s,
+            "backend": tsdi_kernels.backends()["debias_sample"]["cpu"]}
+    benchmark.extra_info.update(info)
+    _results.setdefault(name, {})[role] = info
+
+
+@pytest.mark.parametrize("role", ["baseline", "candidate"])
+def test_generate(benchmark, case, role):
+    name, model, input_ids, bias = case
+    benchmark.group = f"generate-{name}"
+    logits = torch.randn(BATCH, bias.shape[1])
+    if role == "baseline":
+        proc = TSDILogitsProcessor(bias, PROMPT)
+        run = lambda: model.generate(input_ids, logits_processor=[proc], max_new_tokens=NEW_TOKENS,  # noqa: E731
+                                     **SAMPLING)
+        step = sampling_step_seconds(hf_step(logits, bias))
+    else:
+        run = lambda: tsdi_kernels.generate(model, bias, seed=0, inputs=input_ids,  # noqa: E731
+                                            max_new_tokens=NEW_TOKENS, **SAMPLING)
+        step = sampling_step_seconds(fused_step(logits, bias))
+    out = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert out.shape == (BATCH, PROMPT + NEW_TOKENS)
+    elapsed = benchmark.stats.stats.mean if benchmark.stats else _time(run)
+    record(benchmark, name, role, elapsed, step)
+
+
+def _time(run) -> float:
+    """With --benchmark-disable (the default in pyproject) pedantic runs once untimed: time it here instead."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_ratios(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
+    write("")
+    write(f"fused generate vs HF generate + TSDILogitsProcessor (B={BATCH}, prompt {PROMPT}, {NEW_TOKENS} new "
+          f"tokens, T={SAMPLING['temperature']}, top_k={SAMPLING['top_k']}, top_p={SAMPLING['top_p']})")
+    for name, roles in _results.items():
+        if {"baseline", "candidate"} <= set(roles):
+            b, c = roles["baseline"], roles["candidate"]
+            write(f"  {name}: tokens/s HF {b['new_tokens_per_s']:.0f} -> fused {c['new_tokens_per_s']:.0f} "
+                  f"(x{c['new_tokens_per_s'] / b['new_tokens_per_s']:.2f}); sampling step "
+                  f"{b['sampling_ms_per_step']:.3f} ms ({100 * b['sampling_share_of_step']:.0f}% of a step) -> "
+                  f"{c['sampling_ms_per_step']:.3f} ms ({100 * c['sampling_share_of_step']:.0f}%), "
+                  f"x{b['sampling_ms_per_step'] / c['sampling_ms_per_step']:.1f} [{c['backend']}]")
