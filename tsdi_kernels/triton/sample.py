@@ -1,0 +1,443 @@
+"""Fused debias + temperature + top-k + top-p + Gumbel-max sampler (Triton).
+
+Semantics are exactly tsdi_kernels/reference.py (read its docstring); this header gives the algorithm.
+
+Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions[b], v] (fp32):
+
+  kernel 1 `_stream_kernel`, grid (B, S): program (b, j) streams its chunk of the vocabulary ONCE, in tiles of
+    BLOCK, keeping in registers: row status flags (NaN / +inf / any finite), the greedy argmax of z, the online
+    max m and sum of exp(s - m), and one of
+      - unfiltered rows (k = 0 or k >= V, and p = 1): the Gumbel-max winner argmax s_v + g_v over the chunk; the
+        Philox noise is only generated for tiles whose max s + G_MAX can still beat the running best;
+      - filtered rows: a candidate buffer holding every token of the chunk whose packed key
+        key(s_v) << 32 | v is >= a cutoff that only rises. The packed key orders tokens exactly as HF's top-p
+        does (s descending, equal s by index descending), so the buffer is always a PREFIX of the HF ranking.
+        When appending a tile would overflow the KEEP + BLOCK slots, the buffer is sorted in registers and cut
+        to its KEEP best (the cutoff rises to the KEEP-th key). The buffer lives in a small global scratch
+        [B, S, KEEP + BLOCK] int64 (L1/L2 resident; Triton has no indexable shared memory).
+  kernel 2 `_finish_kernel`, grid (B,): merges the S partials in split order (deterministic), merges the S
+    buffers into the row's top-KEEP prefix (sort of 2 * KEEP keys per split), then applies the exact HF rule
+    on the prefix: k-th largest value (ties kept), probabilities exp(s - m) / Z_k, exclusive cumulative sum in
+    rank order < p (top token always kept), and Gumbel-max over the kept candidates. The prefix provably
+    contains the kept set when (a) the buffers were never cut, or (b) top-k: the prefix holds >= k tokens and
+    ends strictly below the k-th value, or (c) top-p alone: the prefix's mass >= p (every token outside it
+    has at least that much mass ranked above it).
+  kernel 3 `_fallback_kernel`, grid (B,): exits at once unless the prefix was insufficient (flat rows whose
+    top-KEEP mass < p, or k > KEEP); those rows are solved exactly by radix selection over the row:
+    8 passes (4 bits each) for the k-th largest value, 1 pass for Z_k, 16 passes over the 64-bit packed key
+    for the top-p boundary, 1 pass for the Gumbel-max. Bounded (26 extra reads of such a row), never taken
+    by peaked LLM distributions at the usual settings (top-1024 mass >= 0.9).
+
+Why not "at most one extra pass": the exact HF boundary of a flat row is an order statistic of up to V values
+(a selection); without an indexable on-chip buffer of V entries it needs log-many passes (radix select, as
+torch.topk does). The common case reads the logits once.
+
+Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 if a bias row applies (the bias table
+rows, fp32; it is usually L2 resident when rows share positions) + B * S * (KEEP + BLOCK) * 8 scratch (L2)
++ 8 * B out. B=64, V=128256, bf16, no bias: 16.4 MB of logits, ~5.5 us at 3 TB/s.
+Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as reference.py.
+No host synchronisation: grids and scratch sizes depend on shapes only (CUDA-graph capturable).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+# Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
+# an approximate log on the GPU. A tile whose max s + G_MAX cannot beat the running best needs no noise.
+G_MAX = tl.constexpr(20.0)
+INT64_MIN = tl.constexpr(-(2**63))
+INT64_MAX = tl.constexpr(2**63 - 1)
+# row flags written by kernel 1 and merged by kernel 2
+FLAG_NAN = tl.constexpr(1)
+FLAG_PINF = tl.constexpr(2)
+FLAG_FINITE = tl.constexpr(4)
+FLAG_CUT = tl.constexpr(8)  # a candidate buffer was cut: the candidates are a strict prefix of the ranking
+ERR_NAN = tl.constexpr(-1)  # reference.ERR_NAN
+ERR_NO_FINITE = tl.constexpr(-2)  # reference.ERR_NO_FINITE
+NEEDS_FALLBACK = tl.constexpr(-3)  # internal: kernel 2 could not decide the row, kernel 3 will
+
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    # The interpreter runs Triton's bitonic tl.sort op by op (~3 s for 256 keys), so under TRITON_INTERPRET=1
+    # the descending sort is numpy's; compiled kernels use tl.sort (exercised by the GPU tests).
+    def _sort_desc(x):
+        from triton.runtime.interpreter import TensorHandle
+
+        data = np.ascontiguousarray(np.sort(x.handle.data)[::-1])
+        return tl.core.tensor(TensorHandle(data, x.handle.dtype), x.type)
+else:
+    @triton.jit
+    def _sort_desc(x):
+        return tl.sort(x, descending=True)
+
+
+@triton.jit
+def _order_key(s):
+    """int32 key with the order of the float32 values s (-0.0 is mapped to +0.0 first, as torch ties them)."""
+    s = tl.where(s == 0.0, 0.0, s)
+    bits = s.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _key_to_float(key):
+    """Inverse of _order_key (the map is an involution on the bits)."""
+    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gumbel(seed, position, o_v):
+    """g = -log(-log(u)), u = Triton's tl.rand(seed, v + position * 2**32): reference.philox_uniform."""
+    offset = o_v.to(tl.int64) + position * 4294967296
+    u = tl.rand(seed, offset)
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS: tl.constexpr):
+    """z = logits.float() - strength * bias_row (fp32, as torch), -inf outside the vocabulary.
+    bias_end is V when the row's position has a bias row (position < L), else 0."""
+    b_z = tl.load(p_logits + o_v, mask=m_v, other=float("-inf")).to(tl.float32)
+    if HAS_BIAS:
+        m_b = m_v & (o_v < bias_end)
+        b_bias = tl.load(p_bias + o_v, mask=m_b, other=0.0)
+        b_z = tl.where(m_b, b_z - strength * b_bias, b_z)
+    return b_z
+
+
+@triton.jit
+def _stream_kernel(
+    logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
+    strength, vocab, chunk, part_f_ptr, part_i_ptr, cand_ptr,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr,
+):
+    SLOTS: tl.constexpr = KEEP + BLOCK
+    i_b = tl.program_id(0)
+    i_s = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    position = tl.load(positions_ptr + i_b)
+    temperature = tl.load(temperature_ptr + i_b)
+    top_k = tl.load(top_k_ptr + i_b)
+    top_p = tl.load(top_p_ptr + i_b)
+    seed = tl.load(seed_ptr + i_b)
+    greedy = temperature == 0.0
+    inv_scale = tl.where(greedy, 1.0, temperature)  # reference: scaled = z / where(greedy, 1, T)
+    no_top_k = (top_k == 0) | (top_k >= vocab)
+    unfiltered = (~greedy) & no_top_k & (top_p >= 1.0)
+    filtered = (~greedy) & (~unfiltered)
+    bias_end = tl.where(position < n_bias_rows, vocab, 0)
+    p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
+    p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
+    p_cand = cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS
+    o_blk = tl.arange(0, BLOCK)
+    o_slot = tl.arange(0, SLOTS)
+    start = i_s * chunk
+    end = tl.minimum(start + chunk, vocab)
+
+    flags = tl.zeros((), tl.int32)
+    g_val = float("-inf")  # greedy: max z, first index
+    g_idx = tl.zeros((), tl.int64) + vocab
+    m_run = float("-inf")  # online softmax of s
+    z_run = 0.0
+    u_val = float("-inf")  # unfiltered Gumbel-max
+    u_idx = tl.zeros((), tl.int64) + vocab
+    count = tl.zeros((), tl.int32)
+    cutoff = tl.zeros((), tl.int64) + INT64_MIN
+    for v0 in range(start, end, BLOCK):
+        o_v = v0 + o_blk
+        m_v = o_v < end
+        b_z = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS)
+        # status of the debiased row (before temperature), reference._row_status
+        any_nan = tl.max((b_z != b_z).to(tl.int32), axis=0)
+        any_pinf = tl.max((b_z == float("inf")).to(tl.int32), axis=0)
+        any_fin = tl.max((tl.abs(b_z) < float("inf")).to(tl.int32), axis=0)
+        flags = flags | any_nan * FLAG_NAN | any_pinf * FLAG_PINF | any_fin * FLAG_FINITE
+        # greedy: strict > across tiles and the lowest index inside a tile keep the first maximum
+        t_max = tl.max(b_z, axis=0)
+        t_idx = tl.min(tl.where(b_z == t_max, o_v, 2147483647), axis=0).to(tl.int64)
+        if t_max > g_val:
+            g_val = t_max
+            g_idx = t_idx
+        b_s = b_z / inv_scale
+        # online max / sum of exp (-inf tiles leave the state as it is)
+        s_max = tl.max(b_s, axis=0)
+        m_new = tl.maximum(m_run, s_max)
+        if m_new > float("-inf"):
+            z_run = z_run * tl.exp(m_run - m_new) + tl.sum(tl.exp(b_s - m_new), axis=0)
+            m_run = m_new
+        if unfiltered:
+            if s_max + G_MAX > u_val:
+                b_g = tl.where(m_v, b_s + _gumbel(seed, position, o_v), float("-inf"))
+                t_best = tl.max(b_g, axis=0)
+                if t_best > u_val:
+                    u_val = t_best
+                    u_idx = tl.min(tl.where(b_g == t_best, o_v, 2147483647), axis=0).to(tl.int64)
+        if filtered:
+            b_key = (_order_key(b_s).to(tl.int64) << 32) | o_v.to(tl.int64)
+            m_new_c = m_v & (b_key >= cutoff)
+            n_new = tl.sum(m_new_c.to(tl.int32), axis=0)
+            if n_new > 0:
+                if count + n_new > SLOTS:
+                    # cut the buffer to its KEEP best keys; the cutoff rises to the KEEP-th key
+                    tl.debug_barrier()
+                    b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
+                    b_buf = _sort_desc(b_buf)
+                    cutoff = tl.min(tl.where(o_slot < KEEP, b_buf, INT64_MAX), axis=0)
+                    tl.debug_barrier()
+                    tl.store(p_cand + o_slot, b_buf, mask=o_slot < KEEP)
+                    count = tl.zeros((), tl.int32) + KEEP
+                    flags = flags | FLAG_CUT
+                    m_new_c = m_v & (b_key >= cutoff)
+                    n_new = tl.sum(m_new_c.to(tl.int32), axis=0)
+                o_dst = count + tl.cumsum(m_new_c.to(tl.int32), axis=0) - 1
+                tl.store(p_cand + o_dst, b_key, mask=m_new_c)
+                count += n_new
+    if count > KEEP:
+        tl.debug_barrier()
+        b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
+        b_buf = _sort_desc(b_buf)
+        tl.debug_barrier()
+        tl.store(p_cand + o_slot, b_buf, mask=o_slot < KEEP)
+        count = tl.zeros((), tl.int32) + KEEP
+        flags = flags | FLAG_CUT
+    i_part = (i_b * n_split + i_s) * 4
+    tl.store(part_f_ptr + i_part + 0, m_run)
+    tl.store(part_f_ptr + i_part + 1, z_run)
+    tl.store(part_f_ptr + i_part + 2, g_val)
+    tl.store(part_f_ptr + i_part + 3, u_val)
+    tl.store(part_i_ptr + i_part + 0, g_idx)
+    tl.store(part_i_ptr + i_part + 1, u_idx)
+    tl.store(part_i_ptr + i_part + 2, count.to(tl.int64))
+    tl.store(part_i_ptr + i_part + 3, flags.to(tl.int64))
+
+
+@triton.jit
+def _finish_kernel(
+    positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr, cand_ptr, out_ptr,
+    stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    SLOTS: tl.constexpr = KEEP + BLOCK
+    i_b = tl.program_id(0)
+    position = tl.load(positions_ptr + i_b)
+    top_k = tl.load(top_k_ptr + i_b)
+    top_p = tl.load(top_p_ptr + i_b)
+    seed = tl.load(seed_ptr + i_b)
+    o_keep = tl.arange(0, KEEP)
+
+    # merge the split partials in split order (fixed order: deterministic)
+    flags = tl.zeros((), tl.int64)
+    g_val = float("-inf")
+    g_idx = tl.zeros((), tl.int64) + vocab
+    m_run = float("-inf")
+    z_run = 0.0
+    u_val = float("-inf")
+    u_idx = tl.zeros((), tl.int64) + vocab
+    b_cand = tl.full((KEEP,), INT64_MIN, tl.int64)
+    for i_s in range(0, n_split):
+        i_part = (i_b * n_split + i_s) * 4
+        m_s = tl.load(part_f_ptr + i_part + 0)
+        z_s = tl.load(part_f_ptr + i_part + 1)
+        gv_s = tl.load(part_f_ptr + i_part + 2)
+        uv_s = tl.load(part_f_ptr + i_part + 3)
+        flags = flags | tl.load(part_i_ptr + i_part + 3)
+        if gv_s > g_val:
+            g_val = gv_s
+            g_idx = tl.load(part_i_ptr + i_part + 0)
+        if uv_s > u_val:
+            u_val = uv_s
+            u_idx = tl.load(part_i_ptr + i_part + 1)
+        m_new = tl.maximum(m_run, m_s)
+        if m_new > float("-inf"):
+            z_run = z_run * tl.exp(m_run - m_new) + z_s * tl.exp(m_s - m_new)
+            m_run = m_new
+        n_s = tl.load(part_i_ptr + i_part + 2).to(tl.int32)
+        b_new = tl.load(cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS + o_keep, mask=o_keep < n_s,
+                        other=INT64_MIN)
+        if i_s == 0:
+            b_cand = _sort_desc(b_new)
+        else:
+            # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half
+            b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
+            b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
+    tl.store(stats_ptr + i_b * 2 + 0, m_run)
+    tl.store(stats_ptr + i_b * 2 + 1, z_run)
+
+    # the exact HF rule on the candidate prefix (sorted by s descending, equal s by index descending)
+    complete = (flags & FLAG_CUT) == 0
+    m_c = b_cand != INT64_MIN
+    n_c = tl.sum(m_c.to(tl.int32), axis=0)
+    b_s = tl.where(m_c, _key_to_float((b_cand >> 32).to(tl.int32)), float("-inf"))
+    b_idx = b_cand & 0xFFFFFFFF
+    use_k = (top_k > 0) & (top_k < vocab)
+    kth = tl.max(tl.where(o_keep == top_k - 1, b_s, float("-inf")), axis=0)
+    last = tl.min(tl.where(m_c, b_s, float("inf")), axis=0)
+    k_ok = complete | ((top_k <= n_c) & (last < kth))
+    m_surv = m_c & (b_s >= tl.where(use_k, kth, float("-inf")))
+    b_e = tl.where(m_surv, tl.exp(b_s - m_run), 0.0)
+    z_k = tl.where(use_k, tl.sum(b_e, axis=0), z_run)
+    b_prob = b_e / z_k
+    b_cum = tl.cumsum(b_prob, axis=0)
+    p_eff = tl.where(top_p >= 1.0, float("inf"), top_p)  # p = 1 keeps every survivor
+    m_keep = m_surv & (((b_cum - b_prob) < p_eff) | (o_keep == 0))
+    p_ok = complete | use_k | (top_p >= 1.0) | (tl.sum(b_prob, axis=0) >= top_p)
+    b_g = tl.where(m_keep, b_s + _gumbel(seed, position, b_idx), float("-inf"))
+    best = tl.max(b_g, axis=0)
+    c_idx = tl.min(tl.where(m_keep & (b_g == best), b_idx, INT64_MAX), axis=0)
+    token = tl.where(use_k, tl.where(k_ok, c_idx, NEEDS_FALLBACK), tl.where(p_ok, c_idx, NEEDS_FALLBACK))
+
+    no_top_k = (top_k == 0) | (top_k >= vocab)
+    token = tl.where(no_top_k & (top_p >= 1.0), u_idx, token)
+    token = tl.where(tl.load(temperature_ptr + i_b) == 0.0, g_idx, token)
+    out = tl.where((flags & FLAG_NAN) != 0, ERR_NAN,
+                   tl.where(((flags & FLAG_PINF) != 0) | ((flags & FLAG_FINITE) == 0), ERR_NO_FINITE, token))
+    tl.store(out_ptr + i_b, out)
+
+
+@triton.jit
+def _fallback_kernel(
+    logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
+    strength, vocab, stats_ptr, out_ptr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Exact radix selection for the rows kernel 2 could not decide (flat rows, large k); others exit at once.
+    Probes 16 values of the next 4 bits per pass: k-th value in 8 passes over the 32-bit order key, the top-p
+    boundary in 16 passes over the 64-bit packed key (unsigned, biased by 2**63 so that it cannot overflow)."""
+    i_b = tl.program_id(0)
+    if tl.load(out_ptr + i_b) == NEEDS_FALLBACK:
+        position = tl.load(positions_ptr + i_b)
+        temperature = tl.load(temperature_ptr + i_b)
+        top_k = tl.load(top_k_ptr + i_b)
+        top_p = tl.load(top_p_ptr + i_b)
+        seed = tl.load(seed_ptr + i_b)
+        m_run = tl.load(stats_ptr + i_b * 2 + 0)
+        z_run = tl.load(stats_ptr + i_b * 2 + 1)
+        bias_end = tl.where(position < n_bias_rows, vocab, 0)
+        p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
+        p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
+        o_blk = tl.arange(0, BLOCK)
+        o_j = tl.arange(0, 16).to(tl.int64)
+        use_k = (top_k > 0) & (top_k < vocab)
+
+        # k-th largest s: the largest key t with count(key >= t) >= k
+        kth_key = tl.zeros((), tl.int64) - 2147483648
+        if use_k:
+            for i_pass in range(8):
+                shift = tl.full((), 28, tl.int64) - 4 * i_pass
+                b_probe = kth_key + (o_j << shift)
+                b_count = tl.zeros((16,), tl.int64)
+                for v0 in range(0, vocab, BLOCK):
+                    o_v = v0 + o_blk
+                    m_v = o_v < vocab
+                    b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                    b_key = _order_key(b_s).to(tl.int64)
+                    b_hit = m_v[:, None] & (b_key[:, None] >= b_probe[None, :])
+                    b_count += tl.sum(b_hit.to(tl.int64), axis=0)
+                kth_key += tl.max(tl.where(b_count >= top_k, o_j, 0), axis=0) << shift
+        # Z_k: the softmax denominator over the top-k survivors
+        z_k = z_run
+        if use_k:
+            b_acc = tl.zeros((BLOCK,), tl.float32)
+            for v0 in range(0, vocab, BLOCK):
+                o_v = v0 + o_blk
+                m_v = o_v < vocab
+                b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                m_surv = m_v & (_order_key(b_s).to(tl.int64) >= kth_key)
+                b_acc += tl.where(m_surv, tl.exp(b_s - m_run), 0.0)
+            z_k = tl.sum(b_acc, axis=0)
+        # top-p: the largest packed key x with mass(packed >= x) >= p * Z_k is the last kept token
+        x_keep = tl.zeros((), tl.uint64)
+        if top_p < 1.0:
+            target = top_p * z_k
+            for i_pass in range(16):
+                shift = (tl.full((), 60, tl.int64) - 4 * i_pass).to(tl.uint64)
+                b_probe = x_keep + (o_j.to(tl.uint64) << shift)
+                b_mass = tl.zeros((16,), tl.float32)
+                for v0 in range(0, vocab, BLOCK):
+                    o_v = v0 + o_blk
+                    m_v = o_v < vocab
+                    b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                    b_key = _order_key(b_s).to(tl.int64)
+                    b_e = tl.where(m_v & (b_key >= kth_key), tl.exp(b_s - m_run), 0.0)
+                    b_packed = ((b_key + 2147483648).to(tl.uint64) << 32) | o_v.to(tl.uint64)
+                    b_hit = b_packed[:, None] >= b_probe[None, :]
+                    b_mass += tl.sum(tl.where(b_hit, b_e[:, None], 0.0), axis=0)
+                x_keep += tl.max(tl.where(b_mass >= target, o_j, 0), axis=0).to(tl.uint64) << shift
+        # Gumbel-max over the kept tokens
+        best = float("-inf")
+        token = tl.zeros((), tl.int64) + vocab
+        for v0 in range(0, vocab, BLOCK):
+            o_v = v0 + o_blk
+            m_v = o_v < vocab
+            b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+            b_key = _order_key(b_s).to(tl.int64)
+            b_packed = ((b_key + 2147483648).to(tl.uint64) << 32) | o_v.to(tl.uint64)
+            m_keep = m_v & (b_key >= kth_key) & (b_packed >= x_keep)
+            b_g = tl.where(m_keep, b_s + _gumbel(seed, position, o_v), float("-inf"))
+            t_best = tl.max(b_g, axis=0)
+            if t_best > best:
+                best = t_best
+                token = tl.min(tl.where(m_keep & (b_g == t_best), o_v, 2147483647), axis=0).to(tl.int64)
+        tl.store(out_ptr + i_b, token)
+
+
+# --- launcher -------------------------------------------------------------------------------------------------
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
+    """(BLOCK, KEEP, S, chunk, num_warps) for a [batch, vocab] call. Splits fill ~2 programs per SM at small
+    batch, with at least 4 tiles per program so that each split still streams."""
+    interp = device_type != "cuda"
+    block = block or (256 if interp else 1024)
+    keep = keep or block
+    if splits is None:
+        splits = 1 if interp else max(1, min(triton.cdiv(2 * n_sm, batch), triton.cdiv(vocab, 4 * block), 32))
+    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
+    splits = triton.cdiv(vocab, chunk)
+    return block, keep, splits, chunk, 8 if block * 2 >= 2048 else 4
+
+
+def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
+                  keep=None, splits=None):
+    """Launcher of torch.ops.tsdi.debias_sample on CUDA (and on CPU tensors under TRITON_INTERPRET=1).
+    No validation (ops.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
+    block / keep / splits override the tile size, candidate count and vocabulary splits (tests)."""
+    batch, vocab = logits.shape
+    device = logits.device
+    out = torch.empty(batch, dtype=torch.int64, device=device)
+    if batch == 0:
+        return out
+    block, keep, splits, chunk, num_warps = plan(batch, vocab, device.type, _sm_count(device), block, keep, splits)
+    has_bias = bias is not None and bias.shape[0] > 0
+    bias_arg = bias if has_bias else logits
+    n_bias_rows = bias.shape[0] if has_bias else 0
+    part_f = torch.empty(batch * splits * 4, dtype=torch.float32, device=device)
+    part_i = torch.empty(batch * splits * 4, dtype=torch.int64, device=device)
+    cand = torch.empty(batch * splits * (keep + block), dtype=torch.int64, device=device)
+    stats = torch.empty(batch * 2, dtype=torch.float32, device=device)
+    strength = float(strength)
+    _stream_kernel[(batch, splits)](
+        logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
+        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, num_warps=num_warps)
+    _finish_kernel[(batch,)](
+        positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, out, stats,
+        KEEP=keep, BLOCK=block, num_warps=num_warps)
+    _fallback_kernel[(batch,)](
+        logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
+        vocab, stats, out, HAS_BIAS=has_bias, BLOCK=block, num_warps=num_warps)
+    return out
