@@ -6,11 +6,7 @@ tsdi_kernels/ops.py validates before calling):
     accumulate.py  logit_mean_update(mean, m2, count, aligned, reference, mask, normalize) -> int64 [2]
     compile_check.py  compiles every kernel/configuration for sm_90 / sm_80 without a GPU (python -m ...)
 """
+from .accumulate import logit_mean_update
 from .sample import debias_sample
-
-try:
-    from .accumulate import logit_mean_update
-except ImportError:  # pragma: no cover  (written next)
-    pass
 
 __all__ = ["debias_sample", "logit_mean_update"]

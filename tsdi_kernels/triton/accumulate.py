@@ -1,0 +1,171 @@
+"""Running mean / M2 of d = log_softmax(aligned) - log_softmax(reference) over random prompts (Triton).
+
+Semantics are reference.logit_mean_update; per position t with n_b counted rows of this batch:
+    mean_b, M2_b  (Welford over b, fixed order b = 0 .. B-1),  n = n_a + n_b,  delta = mean_b - mean_a
+    mean <- mean_a + delta * (n_b / n),  M2 <- M2_a + (M2_b + delta^2 * (n_a * n_b / n)),  count <- n
+
+Three launches, no host synchronisation, no float atomics (the result is bitwise deterministic):
+  1. `_row_stats_kernel`, grid (B * L,): one program per counted (b, t) row; streams the row of `aligned` (and
+     `reference`) once: online max m and log of the sum of exp(x - m) (log_softmax(x) = (x - m) - log_sum as
+     torch computes it), and whether the row has a non-finite input. A bad row writes its flat index b * L + t
+     with an integer atomic_min into one error slot: the minimum is order-independent, so the FIRST bad row
+     (smallest (b, t), as the reference reports) wins deterministically.
+  2. `_merge_kernel`, grid (L, V / BLOCK_V): tile over V, loop over b inside the program (Welford in fp32
+     registers), then the Chan merge into mean / m2. It reads the error slot first and leaves the statistics
+     untouched when any counted row was bad.
+  3. `_count_kernel`, grid (1,): count[t] += n_b[t] (after 2, which reads the old count) and the (b, t) result.
+
+Bytes moved: normalize=True needs the row logsumexp before any element of d exists, so each input is read
+twice (stage 1 for the logsumexp, stage 2 for d): 2 * B * L * V * elem * (2 with reference) + 16 * L * V
+(mean, m2 read and written). Stage 1 is needed for normalize=False too (the error check must finish before
+any statistic is written, since they must stay untouched on error); there it reads each input once more.
+A single read would need a [B, L, V] temporary of d, or holding the batch's partial statistics of d minus an
+unknown per-row constant, which does not decompose (the cross term sum_b x[b, v] * lse[b] needs lse first).
+Example: B=8, L=32, V=128256, bf16, with reference: 2 * 131 MB inputs + 33 MB statistics.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NO_ERROR = tl.constexpr(2**63 - 1)
+
+
+@triton.jit
+def _row_stats_kernel(
+    aligned_ptr, reference_ptr, mask_ptr, lse_ptr, err_ptr, vocab,
+    HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    i_row = tl.program_id(0)  # flat b * L + t
+    counted = True
+    if HAS_MASK:
+        counted = tl.load(mask_ptr + i_row) != 0
+    if counted:
+        o_blk = tl.arange(0, BLOCK)
+        p_a = aligned_ptr + i_row.to(tl.int64) * vocab
+        p_r = reference_ptr + i_row.to(tl.int64) * vocab
+        m_a = float("-inf")
+        s_a = 0.0
+        m_r = float("-inf")
+        s_r = 0.0
+        bad = tl.zeros((), tl.int32)
+        for v0 in range(0, vocab, BLOCK):
+            o_v = v0 + o_blk
+            m_v = o_v < vocab
+            b_a = tl.load(p_a + o_v, mask=m_v, other=0.0).to(tl.float32)
+            bad = bad | tl.max((m_v & ~(tl.abs(b_a) < float("inf"))).to(tl.int32), axis=0)
+            if NORMALIZE:
+                t_max = tl.max(tl.where(m_v, b_a, float("-inf")), axis=0)
+                m_new = tl.maximum(m_a, t_max)
+                s_a = s_a * tl.exp(m_a - m_new) + tl.sum(tl.where(m_v, tl.exp(b_a - m_new), 0.0), axis=0)
+                m_a = m_new
+            if HAS_REF:
+                b_r = tl.load(p_r + o_v, mask=m_v, other=0.0).to(tl.float32)
+                bad = bad | tl.max((m_v & ~(tl.abs(b_r) < float("inf"))).to(tl.int32), axis=0)
+                if NORMALIZE:
+                    t_max = tl.max(tl.where(m_v, b_r, float("-inf")), axis=0)
+                    m_new = tl.maximum(m_r, t_max)
+                    s_r = s_r * tl.exp(m_r - m_new) + tl.sum(tl.where(m_v, tl.exp(b_r - m_new), 0.0), axis=0)
+                    m_r = m_new
+        if NORMALIZE:
+            tl.store(lse_ptr + i_row * 4 + 0, m_a)
+            tl.store(lse_ptr + i_row * 4 + 1, tl.log(s_a))
+            if HAS_REF:
+                tl.store(lse_ptr + i_row * 4 + 2, m_r)
+                tl.store(lse_ptr + i_row * 4 + 3, tl.log(s_r))
+        if bad != 0:
+            tl.atomic_min(err_ptr, i_row.to(tl.int64))
+
+
+@triton.jit
+def _merge_kernel(
+    mean_ptr, m2_ptr, count_ptr, aligned_ptr, reference_ptr, mask_ptr, lse_ptr, err_ptr, batch, length, vocab,
+    HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    i_v = tl.program_id(1)
+    if tl.load(err_ptr) == NO_ERROR:
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        m_v = o_v < vocab
+        n_b = 0.0
+        b_mean = tl.zeros((BLOCK_V,), tl.float32)
+        b_m2 = tl.zeros((BLOCK_V,), tl.float32)
+        for i_b in range(0, batch):
+            i_row = i_b * length + i_t
+            counted = True
+            if HAS_MASK:
+                counted = tl.load(mask_ptr + i_row) != 0
+            if counted:
+                o_row = i_row.to(tl.int64) * vocab
+                b_d = tl.load(aligned_ptr + o_row + o_v, mask=m_v, other=0.0).to(tl.float32)
+                if NORMALIZE:
+                    b_d = (b_d - tl.load(lse_ptr + i_row * 4 + 0)) - tl.load(lse_ptr + i_row * 4 + 1)
+                if HAS_REF:
+                    b_r = tl.load(reference_ptr + o_row + o_v, mask=m_v, other=0.0).to(tl.float32)
+                    if NORMALIZE:
+                        b_r = (b_r - tl.load(lse_ptr + i_row * 4 + 2)) - tl.load(lse_ptr + i_row * 4 + 3)
+                    b_d = b_d - b_r
+                # Welford: mean_n = mean + (d - mean) / n, M2_n = M2 + (d - mean) * (d - mean_n)
+                n_b += 1.0
+                b_delta = b_d - b_mean
+                b_mean += b_delta / n_b
+                b_m2 += b_delta * (b_d - b_mean)
+        if n_b > 0.0:
+            n_a = tl.load(count_ptr + i_t).to(tl.float32)
+            n = n_a + n_b
+            o_stat = i_t.to(tl.int64) * vocab + o_v
+            b_mean_a = tl.load(mean_ptr + o_stat, mask=m_v, other=0.0)
+            b_m2_a = tl.load(m2_ptr + o_stat, mask=m_v, other=0.0)
+            b_delta = b_mean - b_mean_a
+            tl.store(mean_ptr + o_stat, b_mean_a + b_delta * (n_b / n), mask=m_v)
+            tl.store(m2_ptr + o_stat, b_m2_a + (b_m2 + b_delta * b_delta * (n_a * n_b / n)), mask=m_v)
+
+
+@triton.jit
+def _count_kernel(count_ptr, mask_ptr, err_ptr, where_ptr, batch, length, HAS_MASK: tl.constexpr,
+                  BLOCK_L: tl.constexpr):
+    err = tl.load(err_ptr)
+    ok = err == NO_ERROR
+    tl.store(where_ptr + 0, tl.where(ok, -1, err // length))
+    tl.store(where_ptr + 1, tl.where(ok, -1, err % length))
+    if ok:
+        for t0 in range(0, length, BLOCK_L):
+            o_t = t0 + tl.arange(0, BLOCK_L)
+            m_t = o_t < length
+            b_n = tl.zeros((BLOCK_L,), tl.int64)
+            for i_b in range(0, batch):
+                if HAS_MASK:
+                    b_n += tl.load(mask_ptr + i_b * length + o_t, mask=m_t, other=0).to(tl.int64)
+                else:
+                    b_n += 1
+            b_count = tl.load(count_ptr + o_t, mask=m_t, other=0)
+            tl.store(count_ptr + o_t, b_count + b_n, mask=m_t)
+
+
+def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None):
+    """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
+    No validation (ops.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
+    counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation."""
+    batch, length, vocab = aligned.shape
+    device = aligned.device
+    where = torch.full((2,), -1, dtype=torch.int64, device=device)
+    if batch == 0 or length == 0:
+        return where
+    interp = device.type != "cuda"
+    block = block or (256 if interp else 1024)
+    has_ref = reference is not None
+    has_mask = mask is not None
+    ref_arg = reference if has_ref else aligned
+    mask_arg = mask.view(torch.uint8) if has_mask else count
+    lse = torch.empty(batch * length * 4, dtype=torch.float32, device=device)
+    err = torch.full((1,), 2**63 - 1, dtype=torch.int64, device=device)
+    num_warps = 4 if block <= 1024 else 8
+    _row_stats_kernel[(batch * length,)](
+        aligned, ref_arg, mask_arg, lse, err, vocab,
+        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK=block, num_warps=num_warps)
+    _merge_kernel[(length, triton.cdiv(vocab, block))](
+        mean, m2, count, aligned, ref_arg, mask_arg, lse, err, batch, length, vocab,
+        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block, num_warps=num_warps)
+    _count_kernel[(1,)](count, mask_arg, err, where, batch, length, HAS_MASK=has_mask, BLOCK_L=128)
+    return where
