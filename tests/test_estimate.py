@@ -258,6 +258,16 @@ def test_bad_arguments_name_the_argument(pair, kwargs, name):
         estimate_bias(aligned, ref, tok, **args)
 
 
+def test_bad_models_and_tokenizer_name_the_argument(pair):
+    tok, ref, aligned, _ = pair
+    with pytest.raises(ValueError, match="`aligned`"):
+        estimate_bias("not a model", ref, tok, num_prompts=8, length=L)
+    with pytest.raises(ValueError, match="`reference`"):
+        estimate_bias(aligned, 3, tok, num_prompts=8, length=L)
+    with pytest.raises(ValueError, match="`tokenizer`"):
+        estimate_bias(aligned, ref, None, num_prompts=8, length=L)
+
+
 def test_table_from_estimate_saves_and_loads(pair, tmp_path):
     table = run(pair)
     table.save(tmp_path / "b.safetensors")

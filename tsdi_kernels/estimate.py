@@ -58,6 +58,11 @@ def model_device(model) -> torch.device:
 
 def check_vocabularies(aligned, reference, tokenizer) -> int:
     """The shared vocabulary size V; ValueError (before any forward pass) if the models or tokenizer disagree."""
+    if not (callable(getattr(tokenizer, "get_vocab", None)) and hasattr(tokenizer, "__len__")):
+        raise ValueError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    for name, model in (("aligned", aligned), ("reference", reference)):
+        if not callable(model):
+            raise ValueError(f"`{name}` must be a causal LM (callable module), got {type(model).__name__}")
     v_a, v_r = model_vocab_size(aligned), model_vocab_size(reference)
     if v_a != v_r:
         raise ValueError(f"the aligned model has a vocabulary of {v_a} tokens but the reference has {v_r}: "
@@ -200,8 +205,8 @@ def estimate_bias(
     device = torch.device(device) if device is not None else model_device(aligned)
     rank, world = rank_and_world()
 
-    config = {"seed": seed, "num_prompts": num_prompts, "batch_size": batch_size, "length": length, "pool": describe_pool(pool),
-              "prompt_tokens": [lo, hi], "normalize": bool(normalize), "vocab_size": vocab,
+    config = {"seed": seed, "num_prompts": num_prompts, "batch_size": batch_size, "length": length,
+              "pool": describe_pool(pool), "prompt_tokens": [lo, hi], "normalize": bool(normalize), "vocab_size": vocab,
               "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "use_chat_template": bool(use_chat_template)}
     acc = LogitMeanAccumulator(length, vocab, normalize=normalize, device=device)
     num_batches = math.ceil(num_prompts / batch_size)
