@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q --upgrade "setuptools>=69" wheel 2>&1 | grep -v '^WARNING: Location' || true
 # torch first, pinned: an unpinned torch would resolve to a multi-gigabyte CUDA build.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install -q -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
