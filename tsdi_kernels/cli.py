@@ -157,8 +157,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
     p.add_argument("--temperature", type=_float(0.0, None, low_open=True), default=1.0,
                    help="sampling temperature, > 0 (default: 1.0; use --greedy for argmax)")
-    p.add_argument("--top-k", type=_nonneg_int, default=50, help="keep the k most likely tokens; 0 disables (default: 50, as HF)")
-    p.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0, help="nucleus sampling mass in (0, 1]; 1 disables (default: 1)")
+    p.add_argument("--top-k", type=_nonneg_int, default=50,
+                   help="keep the k most likely tokens; 0 disables (default: 50, as HF)")
+    p.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0,
+                   help="nucleus sampling mass in (0, 1]; 1 disables (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="row b samples with seed + b (default: 0)")
     p.add_argument("--hf", action="store_true", help="use model.generate with TSDILogitsProcessor instead of the "
                    "fused sampler")
