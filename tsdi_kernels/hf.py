@@ -12,6 +12,7 @@ length is the padded length, so row b's t-th generated token is always its t-th 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Optional, Sequence, Union
@@ -165,6 +166,15 @@ def _decode_inputs_fn(model):
     return lambda input_ids, model_kwargs: model.prepare_inputs_for_generation(input_ids, **model_kwargs)
 
 
+def _decode_forward(model, model_kwargs, generation_config):
+    """HF's choice of forward for decoding steps: the compiled call where HF would compile (static caches),
+    else the module itself."""
+    valid = getattr(model, "_valid_auto_compile_criteria", None)
+    if callable(valid) and hasattr(model, "get_compiled_call") and valid(model_kwargs, generation_config):
+        return model.get_compiled_call(generation_config.compile_config)
+    return model.__call__
+
+
 def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, seed: SeedLike = 0, streamer=None):
     """A `custom_generate` callable for model.generate that debiases and samples in one fused op.
 
@@ -202,38 +212,41 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
         scores, raw_logits = (), ()
         unfinished = torch.ones(batch, dtype=torch.long, device=device)
 
+        model_forward = _decode_forward(model, model_kwargs, generation_config)
         if hasattr(model, "_prefill"):
             outputs = model._prefill(input_ids, generation_config, model_kwargs)
         else:
             outputs = model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True)
-        while True:
-            model_kwargs = model._update_model_kwargs_for_generation(
-                outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
-            logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
-            del outputs
-            processed = logits
-            for proc in others:
-                processed = proc(input_ids, processed)
-            t = input_ids.shape[1] - prompt_length
-            if bias_dev is not None and bias_dev.shape[1] != processed.shape[1]:
-                raise ValueError(f"`bias` has V = {bias_dev.shape[1]} but the model's logits have "
-                                 f"V = {processed.shape[1]}: the table belongs to another vocabulary")
-            next_tokens = debias_sample(processed, bias_dev, positions=t, temperature=temperature, top_k=top_k,
-                                        top_p=top_p, seed=seeds, strength=strength)
-            if want_scores:
-                in_range = bias_dev is not None and t < bias_dev.shape[0]
-                scores += (processed - strength * bias_dev[t] if in_range else processed,)
-            if want_logits:
-                raw_logits += (logits,)
-            if has_eos:
-                next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-            if streamer is not None:
-                streamer.put(next_tokens.cpu())
-            unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
-            if int(unfinished.max()) == 0:
-                break
-            outputs = model(**decode_inputs(input_ids, model_kwargs), return_dict=True)
+        optimize = getattr(model, "_optimize_model_for_decode", None)  # e.g. MoE kernels for decoding (HF >= 5.x)
+        with optimize() if callable(optimize) else contextlib.nullcontext():
+            while True:
+                model_kwargs = model._update_model_kwargs_for_generation(
+                    outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
+                logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)
+                del outputs
+                processed = logits
+                for proc in others:
+                    processed = proc(input_ids, processed)
+                t = input_ids.shape[1] - prompt_length
+                if bias_dev is not None and bias_dev.shape[1] != processed.shape[1]:
+                    raise ValueError(f"`bias` has V = {bias_dev.shape[1]} but the model's logits have "
+                                     f"V = {processed.shape[1]}: the table belongs to another vocabulary")
+                next_tokens = debias_sample(processed, bias_dev, positions=t, temperature=temperature, top_k=top_k,
+                                            top_p=top_p, seed=seeds, strength=strength)
+                if want_scores:
+                    in_range = bias_dev is not None and t < bias_dev.shape[0]
+                    scores += (processed - strength * bias_dev[t] if in_range else processed,)
+                if want_logits:
+                    raw_logits += (logits,)
+                if has_eos:
+                    next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+                if streamer is not None:
+                    streamer.put(next_tokens.cpu())
+                unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
+                if int(unfinished.max()) == 0:
+                    break
+                outputs = model_forward(**decode_inputs(input_ids, model_kwargs), return_dict=True)
         if streamer is not None:
             streamer.end()
         if generation_config.return_dict_in_generate:
