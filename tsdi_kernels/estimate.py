@@ -13,6 +13,7 @@ uninterrupted run applies, in the same order: the same table, bitwise.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -121,8 +122,6 @@ def _checkpoint_meta(config: dict, batches_done: int) -> dict:
 def save_checkpoint(path: str, acc: LogitMeanAccumulator, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    import json
-
     tensors = {"mean": acc.mean.detach().cpu().contiguous(), "m2": acc.m2.detach().cpu().contiguous(),
                "count": acc.count.detach().cpu().contiguous()}
     header = {k: json.dumps(v) for k, v in meta.items()}
@@ -132,8 +131,6 @@ def save_checkpoint(path: str, acc: LogitMeanAccumulator, meta: dict) -> None:
 def load_checkpoint(path: str, acc: LogitMeanAccumulator, config: dict) -> int:
     """Load running statistics into `acc`; returns the number of batches done. ValueError if the checkpoint was
     written by a run with another configuration (seed, batch size, pool, ...)."""
-    import json
-
     from safetensors import safe_open
 
     try:
