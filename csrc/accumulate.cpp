@@ -12,11 +12,14 @@
 // parallel over rows, then (t, V-tile) items accumulate, which reads the inputs twice but keeps both cores busy.
 // Both paths call the same per-row and per-element functions in the same b order, so the result is bit-identical
 // whatever the path or thread count.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "sample.h"
@@ -35,10 +38,10 @@ float logsumexp(const T* x, int64_t n) {
   auto step = [&](const Vec& z) {
     if (movemask(z > m)) {
       const Vec mn = at::vec::maximum(m, z);
-      s = s * (m - mn).exp();
+      s = s * vexp(m - mn);
       m = mn;
     }
-    s = s + (z - m).exp();
+    s = s + vexp(z - m);
   };
   int64_t v = 0;
   for (; v + kW <= n; v += kW) step(load_vec(x + v));
@@ -50,7 +53,7 @@ float logsumexp(const T* x, int64_t n) {
   for (int l = 0; l < kW; ++l) mm = std::max(mm, ml[l]);
   if (std::isnan(mm) || mm == kInf) return mm;
   float ss = 0.f;
-  for (int l = 0; l < kW; ++l) ss += sl[l] * std::exp(ml[l] - mm);
+  for (int l = 0; l < kW; ++l) ss += sl[l] * sexp(ml[l] - mm);
   return mm + std::log(ss);
 }
 

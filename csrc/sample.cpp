@@ -8,8 +8,11 @@
 // Bytes moved per row (B = 8, V = 128256, fp32): logits 513 KB + one bias row 513 KB (read once, nothing written
 // for debias_sample; a [V] float32 row written for debias_probs). The HF pipeline reads/writes ~10 [B, V] tensors
 // and sorts every row; here only top-k / nucleus candidates (typically < 4096) are ever sorted.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/broadcast_tensors.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -26,14 +29,23 @@ namespace {
 // Vocabulary slice of one work item: 16384 fp32 logits + bias = 128 KB, which stays in L2 for the merge.
 constexpr int64_t kChunk = 16384;
 // Candidate buffer capacity of top-k rows is max(2k, kCapTopK); after a compaction the buffer keeps its cap / 2
-// largest values, so the k largest of the chunk are always inside.
-constexpr int64_t kCapTopK = 1024;
+// largest values, so the k largest of the chunk are always inside. Small on purpose: a chunk of n random logits
+// inserts about (cap / 2) * (1 + ln(n / cap)) candidates, each compaction is an O(cap) nth_element.
+constexpr int64_t kCapTopK = 128;
 // Capacity of top-p-only rows. If the kept ~kCapTopP / 2 largest of every chunk do not carry top_p of the mass
 // (a flat distribution), the row takes the exact path: a second pass that sorts all finite tokens.
 constexpr int64_t kCapTopP = 4096;
 // The candidates' mass must exceed top_p by this much before tokens outside them are known to be dropped; it
 // covers the rounding differences between our sums and torch.softmax / torch.cumsum.
 constexpr double kMassMargin = 1e-5;
+
+// Top-p-only rows also drop tokens with z < (running max) - D, D = log(V / (1 - p - 2 * margin)): all such tokens
+// together carry at most V * exp(-D) * exp(max) <= (1 - p - 2 margin) of the mass, so the nucleus never reaches
+// them. Infinite (no such cutoff) when p is within 2 margins of 1.
+inline float mass_cutoff_gap(float p, int64_t vocab) {
+  const double rest = 1.0 - static_cast<double>(p) - 2 * kMassMargin;
+  return rest > 0 ? static_cast<float>(std::log(static_cast<double>(vocab) / rest)) : kInf;
+}
 
 constexpr int64_t ERR_NAN = -1;       // reference.ERR_NAN
 constexpr int64_t ERR_NO_FINITE = -2;  // reference.ERR_NO_FINITE
@@ -56,6 +68,7 @@ struct RowPlan {
   int64_t cap;    // candidate buffer capacity (kFilter)
   bool want_sum;  // online max / sum of exp over the whole row
   bool want_noise;  // inline Gumbel-max over the whole row (kFull rows of debias_sample)
+  float gap;        // mass cutoff gap D of top-p-only rows (kInf: none)
   int64_t seed, position;
 };
 
@@ -90,7 +103,9 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   const float* bias = rp.bias;
   const Vec vs(rp.strength), vt(rp.temp), vinf(kInf), vgmax(kGumbelMax);
   const bool greedy = rp.mode == Mode::kGreedy, filter = rp.mode == Mode::kFilter;
-  Vec nan_acc(0.f), pinf_acc(0.f), fin_acc(0.f);
+  Vec nan_acc(0.f), dmax(-kInf);
+  const bool mass_cut = filter && rp.gap < kInf;
+  const Vec vgap(rp.gap);
   Vec m(kLowest), s(0.f);
   float best = out.best;
   int64_t best_idx = out.best_idx;
@@ -102,11 +117,11 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   if (rp.want_noise) philox.emplace(rp.seed, rp.position);
   __at_align__ float zb[kW];
 
-  auto block = [&](const Vec& d, int64_t v) {
-    // status flags on the debiased, unscaled logits (reference._row_status)
+  auto block = [&](const Vec& d, int64_t v) __attribute__((always_inline)) {
+    // status flags on the debiased, unscaled logits (reference._row_status): NaN anywhere, and the maximum
+    // (+inf -> bad, -inf -> no finite value, otherwise some value is finite)
     nan_acc = nan_acc | (d != d);
-    pinf_acc = pinf_acc | (d == vinf);
-    fin_acc = fin_acc | (d.abs() < vinf);
+    dmax = at::vec::maximum(dmax, d);
     if (greedy) {  // argmax of the debiased logits, first index among equals
       if (movemask(d > best_v)) {
         d.store(zb);
@@ -121,10 +136,10 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
     if (rp.want_sum) {  // online softmax statistics per lane; rescale only when a lane's max rises
       if (movemask(z > m)) {
         const Vec mn = at::vec::maximum(m, z);
-        s = s * (m - mn).exp();
+        s = s * vexp(m - mn);
         m = mn;
       }
-      s = s + (z - m).exp();
+      s = s + vexp(z - m);
     }
     if (rp.want_noise && movemask((z + vgmax) > best_v)) {  // only tokens that can still win need noise
       const Vec val = z + philox->gumbel_from(v);
@@ -137,7 +152,8 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
       }
     }
     if (filter) {
-      const int bits = movemask(z >= cut_v);  // excludes NaN, and -inf (cutoff >= lowest finite float)
+      // excludes NaN, and -inf (cutoff >= lowest finite float)
+      const int bits = movemask(z >= (mass_cut ? at::vec::maximum(cut_v, m - vgap) : cut_v));
       if (bits) {
         z.store(zb);
         for (int l = 0; l < kW; ++l) {
@@ -166,9 +182,13 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
     block(bias ? xv - vs * load_partial(bias + v, n, 0.f) : xv, v);
   }
 
+  __at_align__ float dm[kW];
+  dmax.store(dm);
+  float dmx = -kInf;
+  for (int l = 0; l < kW; ++l) dmx = std::max(dmx, dm[l]);
   out.nan = movemask(nan_acc) != 0;
-  out.posinf = movemask(pinf_acc) != 0;
-  out.finite = movemask(fin_acc) != 0;
+  out.posinf = dmx == kInf;
+  out.finite = dmx > -kInf && dmx < kInf;
   out.best = best;
   out.best_idx = best_idx;
   out.cutoff = cutoff;
@@ -179,7 +199,7 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
     float mm = kLowest;
     for (int l = 0; l < kW; ++l) mm = std::max(mm, ml[l]);
     float ss = 0.f;
-    for (int l = 0; l < kW; ++l) ss += sl[l] * std::exp(ml[l] - mm);
+    for (int l = 0; l < kW; ++l) ss += sl[l] * sexp(ml[l] - mm);
     out.m = mm;
     out.s = ss;
   }
@@ -210,12 +230,13 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
     float s = s_all;
     if (k > 0) {
       double acc = 0.0;
-      for (int64_t i = 0; i < end; ++i) acc += std::exp(c[i].z - top);
+      for (int64_t i = 0; i < end; ++i) acc += sexp(c[i].z - top);
       s = static_cast<float>(acc);
     }
     double cum = 0.0;  // torch.cumsum accumulates float32 in double on CPU
+    const float inv_s = 1.f / s;  // torch.softmax multiplies by the reciprocal of the sum
     for (int64_t i = 0; i < end; ++i) {
-      const float pr = std::exp(c[i].z - top) / s;
+      const float pr = sexp(c[i].z - top) * inv_s;
       cum += pr;
       const float above = static_cast<float>(cum) - pr;
       keep[i] = i == 0 || above < p;
@@ -226,7 +247,7 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
   for (int64_t i = 0; i < end; ++i) {
     if (keep[i]) {
       kept.push_back(c[i]);
-      acc += std::exp(c[i].z - top);
+      acc += sexp(c[i].z - top);
     }
   }
   s_kept = static_cast<float>(acc);
@@ -255,7 +276,7 @@ int64_t gumbel_max(const std::vector<Cand>& kept, const RowPlan& rp) {
 
 // The exact path: every finite token of the row (all zeros for a bad row, as the reference does), sorted.
 template <typename T>
-std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row) {
+std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row, float zmin) {
   std::vector<Cand> c;
   c.reserve(vocab);
   const T* x = static_cast<const T*>(rp.x);
@@ -265,7 +286,7 @@ std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row) {
       const float d = rp.bias ? static_cast<float>(x[v]) - rp.strength * rp.bias[v] : static_cast<float>(x[v]);
       z = d / rp.temp;
     }
-    if (z > -kInf) c.push_back({z, static_cast<int32_t>(v)});
+    if (z > -kInf && z >= zmin) c.push_back({z, static_cast<int32_t>(v)});
   }
   std::sort(c.begin(), c.end(), hf_before);
   return c;
@@ -332,15 +353,25 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
     rp.cap = rp.top_k > 0 ? std::max<int64_t>(2 * rp.top_k, kCapTopK) : kCapTopP;
     rp.want_sum = (rp.mode == Mode::kFilter && rp.top_k == 0) || (rp.mode == Mode::kFull && probs_mode);
     rp.want_noise = rp.mode == Mode::kFull && !probs_mode;
+    rp.gap = (rp.mode == Mode::kFilter && rp.top_k == 0) ? mass_cutoff_gap(rp.top_p, vocab) : kInf;
   }
 
   // Phase 1: fused pass over every (row, chunk).
   const int64_t nchunk = (vocab + kChunk - 1) / kChunk;
   std::vector<ChunkOut> chunks(batch * nchunk);
+  // A thread gets consecutive items; the next chunk of the same row starts from the previous chunk's cutoff (and,
+  // for top-p-only rows, its max - D). Any cutoff that some earlier chunk proved valid is valid for the row, and
+  // the results do not depend on which candidates above it were collected (the keep rule and the sums only use
+  // the exact kept set), so this saves the warm-up of every chunk without making results thread-dependent.
   at::parallel_for(0, batch * nchunk, 1, [&](int64_t lo, int64_t hi) {
+    float carried = kLowest;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t b = i / nchunk, v0 = (i % nchunk) * kChunk;
+      if (i == lo || v0 == 0) carried = kLowest;
+      chunks[i].cutoff = carried;
       scan_chunk<T>(plans[b], v0, std::min(vocab, v0 + kChunk), chunks[i]);
+      carried = chunks[i].cutoff;
+      if (plans[b].gap < kInf && chunks[i].m > kLowest) carried = std::max(carried, chunks[i].m - plans[b].gap);
     }
   });
 
@@ -364,7 +395,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       }
       float s = 0.f;
       if (rp.want_sum) {
-        for (int64_t c = 0; c < nchunk; ++c) s += ch[c].s * std::exp(ch[c].m - m);
+        for (int64_t c = 0; c < nchunk; ++c) s += ch[c].s * sexp(ch[c].m - m);
       }
       res.status = nan ? ERR_NAN : (posinf || !finite) ? ERR_NO_FINITE : 0;
       const bool bad = res.status != 0;
@@ -384,6 +415,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       bool done = false;
       if (!bad && rp.mode == Mode::kFilter) {
         std::vector<Cand> cand;
+        if (rp.gap < kInf) cutoff = std::max(cutoff, m - rp.gap);  // see mass_cutoff_gap
         for (int64_t c = 0; c < nchunk; ++c) {
           for (const Cand& e : ch[c].cand) {
             if (e.z >= cutoff) cand.push_back(e);
@@ -393,8 +425,12 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
         // no chunk ever compacted -> the candidates are all finite tokens
         done = keep_rule(cand, cutoff == kLowest, rp.top_k, rp.top_p, s, res.kept, s_kept);
       }
-      if (!done) {
-        const auto all = all_tokens<T>(rp, vocab, bad);
+      if (!done && !bad && rp.gap < kInf) {  // second pass: every token above the mass cutoff (a flat row)
+        const auto above = all_tokens<T>(rp, vocab, false, m - rp.gap);
+        done = keep_rule(above, false, rp.top_k, rp.top_p, s, res.kept, s_kept);
+      }
+      if (!done) {  // exact path: every finite token, sorted
+        const auto all = all_tokens<T>(rp, vocab, bad, -kInf);
         const float s_all = bad ? static_cast<float>(vocab) : s;
         keep_rule(all, true, rp.top_k, rp.mode == Mode::kFilter ? rp.top_p : 1.f, s_all, res.kept, s_kept);
       }
@@ -402,7 +438,8 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
         res.token = gumbel_max(res.kept, rp);
       } else if (!res.kept.empty()) {
         const float top = res.kept[0].z;
-        for (Cand& e : res.kept) e.z = std::exp(e.z - top) / s_kept;
+        const float inv = 1.f / s_kept;
+        for (Cand& e : res.kept) e.z = sexp(e.z - top) * inv;
         std::sort(res.kept.begin(), res.kept.end(), [](const Cand& a, const Cand& b) { return a.idx < b.idx; });
       }
     }
@@ -423,12 +460,12 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       float* out = probs + b * vocab;
       if (rp.mode == Mode::kFull && res.status == 0) {  // softmax of all tokens: exp(z - m) / s
         const T* x = static_cast<const T*>(rp.x);
-        const Vec vs(rp.strength), vt(rp.temp), vm(res.m), vsum(res.s);
+        const Vec vs(rp.strength), vt(rp.temp), vm(res.m), vinv(1.f / res.s);
         for (int64_t v = v0; v < v1; v += kW) {
           const int64_t n = std::min<int64_t>(kW, v1 - v);
           Vec xv = n == kW ? load_vec(x + v) : load_partial(x + v, n, -kInf);
           if (rp.bias) xv = xv - vs * (n == kW ? Vec::loadu(rp.bias + v) : load_partial(rp.bias + v, n, 0.f));
-          ((xv / vt - vm).exp() / vsum).store(out + v, static_cast<int>(n));
+          (vexp(xv / vt - vm) * vinv).store(out + v, static_cast<int>(n));
         }
         continue;
       }
