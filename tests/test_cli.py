@@ -65,6 +65,12 @@ def test_estimate_inspect_generate(models, tmp_path, capsys):
     assert capsys.readouterr().out == fused  # greedy: fused loop and HF + processor print the same answers
     assert fused.count("### ") == 2
     assert main(common[:-1] + ["--top-p", "0.9", "--temperature", "0.7", "--seed", "3"]) == 0
+    capsys.readouterr()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n\nthe quick brown fox\n", encoding="utf-8")  # blank lines are skipped
+    assert main(["generate", "--model", models["aligned"], "--bias", str(table_path), "--prompts-file", str(prompts),
+                 "--max-new-tokens", "6", "--greedy"]) == 0
+    assert capsys.readouterr().out == fused
 
 
 def test_inspect_with_tokenizer_and_bottom(models, tmp_path, capsys):

@@ -4,6 +4,7 @@ The ranks draw disjoint batches (rank 0: 0, 2, 4; rank 1: 1, 3) of the same (see
 (count, mean, M2) with Chan's formula, so only float reassociation separates the two results: the merge runs in
 float64 and a mean of 40 float32 values differs by a few ulps, hence the tolerances below."""
 import os
+import time
 
 import pytest
 import torch
@@ -38,8 +39,15 @@ def single():
 
 
 def test_two_gloo_ranks_equal_one_process(single, tmp_path):
-    # fork: the children need not re-import torch and transformers (tens of seconds on a loaded 2-core machine)
-    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    # fork: the children need not re-import torch and transformers (tens of seconds on a loaded 2-core machine);
+    # they run single-threaded, and a deadline turns a hung rendezvous into a failure instead of a stuck CI job
+    context = mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in context.processes:
+                proc.kill()
+            pytest.fail("the two gloo ranks did not finish within 300 s")
     tables = [BiasTable.load(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     # every rank returns the same merged table, bitwise (same gathered inputs, same merge order)
     for name in ("mean", "m2", "count"):
