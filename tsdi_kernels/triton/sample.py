@@ -50,6 +50,9 @@ import triton.language as tl
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
 # an approximate log on the GPU. A tile whose max s + G_MAX cannot beat the running best needs no noise.
 G_MAX = tl.constexpr(20.0)
+# A token more than G_SPAN below the max cannot win the Gumbel-max: it would need g_v - g_top > G_SPAN, but
+# g <= 16.64 and g_top >= -log(-log(4.66e-10)) = -3.07 unless u_top == 0 exactly (probability 2**-31).
+G_SPAN = tl.constexpr(21.0)
 INT64_MIN = tl.constexpr(-(2**63))
 INT64_MAX = tl.constexpr(2**63 - 1)
 # row flags written by kernel 1 and merged by kernel 2
@@ -118,6 +121,7 @@ def _stream_kernel(
     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
+    HALF: tl.constexpr = KEEP // 2
     i_b = tl.program_id(0)
     i_s = tl.program_id(1)
     n_split = tl.num_programs(1)
@@ -131,6 +135,14 @@ def _stream_kernel(
     no_top_k = (top_k == 0) | (top_k >= vocab)
     unfiltered = (~greedy) & no_top_k & (top_p >= 1.0)
     filtered = (~greedy) & (~unfiltered)
+    # Candidates are only tokens with s >= m_run - near_span ("near"); far tokens provably do not matter:
+    #   top-p (k = 0): far mass <= V e^-span = (1 - p) / e, so mass ranked above a far token > p: dropped;
+    #   top-k and top-p: the same with k in place of V, and the far survivors' share of Z_k is
+    #     <= k e^-span < 2.5e-8 (fp32 rounding) with span >= ln k + 17.5;
+    #   top-k alone: far survivors cannot win the Gumbel-max (G_SPAN).
+    k_f = tl.where(no_top_k, vocab, top_k).to(tl.float32)
+    near_span = tl.where(top_p >= 1.0, G_SPAN,
+                         tl.log(k_f) + tl.maximum(1.0 - tl.log(1.0 - top_p), tl.where(no_top_k, 0.0, 17.5)))
     bias_end = tl.where(position < n_bias_rows, vocab, 0)
     p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
     p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
@@ -180,32 +192,26 @@ def _stream_kernel(
                     u_idx = tl.min(tl.where(b_g == t_best, o_v, 2147483647), axis=0).to(tl.int64)
         if filtered:
             b_key = (_order_key(b_s).to(tl.int64) << 32) | o_v.to(tl.int64)
-            m_new_c = m_v & (b_key >= cutoff)
+            m_near = m_v & (b_s > float("-inf")) & (b_s >= m_run - near_span)
+            m_new_c = m_near & (b_key >= cutoff)
             n_new = tl.sum(m_new_c.to(tl.int32), axis=0)
             if n_new > 0:
-                if count + n_new > SLOTS:
-                    # cut the buffer to its KEEP best keys; the cutoff rises to the KEEP-th key
-                    tl.debug_barrier()
-                    b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
-                    b_buf = _sort_desc(b_buf)
-                    cutoff = tl.min(tl.where(o_slot < KEEP, b_buf, INT64_MAX), axis=0)
-                    tl.debug_barrier()
-                    tl.store(p_cand + o_slot, b_buf, mask=o_slot < KEEP)
-                    count = tl.zeros((), tl.int32) + KEEP
-                    flags = flags | FLAG_CUT
-                    m_new_c = m_v & (b_key >= cutoff)
-                    n_new = tl.sum(m_new_c.to(tl.int32), axis=0)
+                # append at count .. count + n_new - 1 (count <= KEEP and n_new <= BLOCK: fits in SLOTS)
                 o_dst = count + tl.cumsum(m_new_c.to(tl.int32), axis=0) - 1
                 tl.store(p_cand + o_dst, b_key, mask=m_new_c)
                 count += n_new
-    if count > KEEP:
-        tl.debug_barrier()
-        b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
-        b_buf = _sort_desc(b_buf)
-        tl.debug_barrier()
-        tl.store(p_cand + o_slot, b_buf, mask=o_slot < KEEP)
-        count = tl.zeros((), tl.int32) + KEEP
-        flags = flags | FLAG_CUT
+                if count > KEEP:
+                    # cut to the HALF best keys (amortised: the next cut needs HALF new candidates); the
+                    # cutoff rises to the HALF-th key. One sort site keeps compile time down.
+                    tl.debug_barrier()
+                    b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
+                    b_buf = _sort_desc(b_buf)
+                    cutoff = tl.min(tl.where(o_slot < HALF, b_buf, INT64_MAX), axis=0)
+                    tl.debug_barrier()
+                    tl.store(p_cand + o_slot, b_buf, mask=o_slot < HALF)
+                    count = tl.zeros((), tl.int32) + HALF
+                    flags = flags | FLAG_CUT
+                    tl.debug_barrier()
     i_part = (i_b * n_split + i_s) * 4
     tl.store(part_f_ptr + i_part + 0, m_run)
     tl.store(part_f_ptr + i_part + 1, z_run)
@@ -259,12 +265,9 @@ def _finish_kernel(
         n_s = tl.load(part_i_ptr + i_part + 2).to(tl.int32)
         b_new = tl.load(cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS + o_keep, mask=o_keep < n_s,
                         other=INT64_MIN)
-        if i_s == 0:
-            b_cand = _sort_desc(b_new)
-        else:
-            # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half
-            b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
-            b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
+        # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half (one sort site for compile time)
+        b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
+        b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
     tl.store(stats_ptr + i_b * 2 + 0, m_run)
     tl.store(stats_ptr + i_b * 2 + 1, z_run)
 
@@ -400,16 +403,21 @@ def _sm_count(device) -> int:
 
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
-    """(BLOCK, KEEP, S, chunk, num_warps) for a [batch, vocab] call. Splits fill ~2 programs per SM at small
-    batch, with at least 4 tiles per program so that each split still streams."""
+    """Launch plan for a [batch, vocab] call: tile BLOCK, candidates KEEP, splits S, chunk per split, warps.
+    Splits fill ~2 programs per SM at small batch, with at least 4 tiles per program so that each still streams.
+    Warps (compile_check: no spills on sm_90 / sm_80): the stream kernel holds KEEP + BLOCK int64 keys while it
+    cuts its buffer (8 warps); kernel 2 sorts 2 * KEEP keys and kernel 3 holds [BLOCK, 16] probe tiles (16 warps
+    each: one program per row, so more threads per row also means lower latency at small batch)."""
     interp = device_type != "cuda"
-    block = block or (256 if interp else 1024)
+    block = block or (256 if interp else 512)
     keep = keep or block
     if splits is None:
         splits = 1 if interp else max(1, min(triton.cdiv(2 * n_sm, batch), triton.cdiv(vocab, 4 * block), 32))
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     splits = triton.cdiv(vocab, chunk)
-    return block, keep, splits, chunk, 8 if block * 2 >= 2048 else 4
+    return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
+            "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 16,
+            "warps_fallback": 16}
 
 
 def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
@@ -422,7 +430,8 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     out = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return out
-    block, keep, splits, chunk, num_warps = plan(batch, vocab, device.type, _sm_count(device), block, keep, splits)
+    cfg = plan(batch, vocab, device.type, _sm_count(device), block, keep, splits)
+    block, keep, splits, chunk = cfg["block"], cfg["keep"], cfg["splits"], cfg["chunk"]
     has_bias = bias is not None and bias.shape[0] > 0
     bias_arg = bias if has_bias else logits
     n_bias_rows = bias.shape[0] if has_bias else 0
@@ -433,11 +442,12 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     strength = float(strength)
     _stream_kernel[(batch, splits)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, num_warps=num_warps)
+        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep,
+        num_warps=cfg["warps_stream"])
     _finish_kernel[(batch,)](
         positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, out, stats,
-        KEEP=keep, BLOCK=block, num_warps=num_warps)
+        KEEP=keep, BLOCK=block, num_warps=cfg["warps_finish"])
     _fallback_kernel[(batch,)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-        vocab, stats, out, HAS_BIAS=has_bias, BLOCK=block, num_warps=num_warps)
+        vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
     return out

@@ -1,0 +1,175 @@
+"""Compile every Triton kernel and configuration for sm_90 / sm_80 without a GPU, and report registers / spills.
+
+    python -m tsdi_kernels.triton.compile_check [--arch 90 80] [--json out.json] [--quick]
+
+`triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))` lowers a kernel to
+PTX and a cubin on any machine. Without a driver the CompiledKernel has no n_regs, so the PTX is assembled again
+with Triton's bundled `ptxas -v`, whose report gives registers and spill bytes. Must run WITHOUT
+TRITON_INTERPRET (the interpreter replaces @triton.jit functions), hence a module the tests run in a subprocess.
+
+The configurations are the launchers' specializations: logits dtype x bias for the sampler, input dtype x
+reference x mask x normalize for the accumulator, at the GPU block sizes the launchers pick (sample.plan).
+Hot configurations (the kernels that stream the logits / inputs in the common case) must not spill.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":  # before the kernels are imported
+    raise SystemExit("compile_check must run without TRITON_INTERPRET=1")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from . import accumulate, sample  # noqa: E402
+
+_TY = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+_DIV16 = {"stride_b", "vocab", "chunk"}  # ints the launcher's shapes make multiples of 16 in practice
+
+
+def _sampler_configs(quick: bool):
+    cfg = sample.plan(64, 128256, "cuda")
+    block, keep = cfg["block"], cfg["keep"]
+    dtypes = ("bf16", "fp32", "fp16")
+    common = {"positions_ptr": "*i64", "temperature_ptr": "*fp32", "top_k_ptr": "*i64", "top_p_ptr": "*fp32",
+              "seed_ptr": "*i64", "strength": "fp32", "vocab": "i32", "n_bias_rows": "i32", "stride_b": "i32"}
+    for dtype in dtypes:
+        for has_bias in (True, False):
+            sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", chunk="i32", part_f_ptr="*fp32",
+                       part_i_ptr="*i64", cand_ptr="*i64")
+            yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}", True, sample._stream_kernel, sig,
+                   {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep}, cfg["warps_stream"])
+            sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", stats_ptr="*fp32", out_ptr="*i64")
+            yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}", False, sample._fallback_kernel, sig,
+                   {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"]}, cfg["warps_fallback"])
+    sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", out_ptr="*i64",
+               stats_ptr="*fp32")
+    yield ("sample._finish_kernel", f"keep{keep}", True, sample._finish_kernel, sig,
+           {"KEEP": keep, "BLOCK": block}, cfg["warps_finish"])
+
+
+def _accumulator_variants(quick: bool):
+    """(dtype, has_ref, has_mask, normalize). quick: a covering set (each value of each flag, the hot
+    bf16 / reference / normalize / no-mask case first); else the full product."""
+    if quick:
+        return [("bf16", True, False, True), ("fp32", True, True, False), ("bf16", False, True, True),
+                ("fp16", False, False, False)]
+    return [(d, r, m, n) for d in ("bf16", "fp32", "fp16") for r in (True, False) for m in (True, False)
+            for n in (True, False)]
+
+
+def _accumulator_configs(quick: bool):
+    block = 1024
+    for dtype, has_ref, has_mask, normalize in _accumulator_variants(quick):
+        cfg = f"{dtype}-ref{int(has_ref)}-mask{int(has_mask)}-norm{int(normalize)}"
+        flags = {"HAS_REF": has_ref, "HAS_MASK": has_mask, "NORMALIZE": normalize}
+        sig = {"aligned_ptr": _TY[dtype], "reference_ptr": _TY[dtype], "mask_ptr": "*u8", "lse_ptr": "*fp32",
+               "err_ptr": "*i64", "vocab": "i32"}
+        yield ("accumulate._row_stats_kernel", cfg, True, accumulate._row_stats_kernel, sig,
+               dict(flags, BLOCK=block), 4)
+        sig = dict(sig, mean_ptr="*fp32", m2_ptr="*fp32", count_ptr="*i64", batch="i32", length="i32")
+        yield ("accumulate._merge_kernel", cfg, True, accumulate._merge_kernel, sig, dict(flags, BLOCK_V=block), 4)
+    for has_mask in (True, False):
+        sig = {"count_ptr": "*i64", "mask_ptr": "*u8", "err_ptr": "*i64", "where_ptr": "*i64", "batch": "i32",
+               "length": "i32"}
+        yield ("accumulate._count_kernel", f"mask{int(has_mask)}", False, accumulate._count_kernel, sig,
+               {"HAS_MASK": has_mask, "BLOCK_L": 128}, 4)
+
+
+def configs(quick: bool = False):
+    """(kernel, config id, hot, fn, signature of runtime args, constexprs, num_warps) for every configuration."""
+    yield from _sampler_configs(quick)
+    yield from _accumulator_configs(quick)
+
+
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton itself uses for `arch` (the bundled `ptxas` may be older than the PTX version)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(arch).path
+    except Exception:  # other Triton versions: the newest bundled binary
+        bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+        for name in ("ptxas-blackwell", "ptxas"):
+            if os.path.exists(os.path.join(bin_dir, name)):
+                return os.path.join(bin_dir, name)
+        raise
+
+
+def ptxas_usage(ptx: str, arch: int) -> dict:
+    """Registers and spill bytes from `ptxas -v` on the PTX (its `.target` line names the architecture)."""
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        res = subprocess.run([_ptxas(arch), "-v", f"-arch={target}", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    text = res.stderr + res.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    stores = re.search(r"(\d+) bytes spill stores", text)
+    loads = re.search(r"(\d+) bytes spill loads", text)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_stores": int(stores.group(1)) if stores else 0,
+            "spill_loads": int(loads.group(1)) if loads else 0}
+
+
+def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int) -> dict:
+    sig = {name: signature.get(name, "constexpr") for name in fn.arg_names}
+    missing = [n for n in fn.arg_names if n not in signature and n not in constexprs]
+    if missing:
+        raise ValueError(f"{fn.__name__}: no type for {missing}")
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if sig[n].startswith("*") or n in _DIV16}
+    src = ASTSource(fn=fn, signature=sig, constexprs=dict(constexprs), attrs=attrs)
+    target = GPUTarget("cuda", arch, 32)
+    t0 = time.time()
+    kernel = triton.compile(src, target=target, options={"num_warps": num_warps})
+    out = {"compile_s": round(time.time() - t0, 2), "shared_bytes": kernel.metadata.shared}
+    out.update(ptxas_usage(kernel.asm["ptx"], arch))
+    return out
+
+
+def run(archs=(90, 80), quick=False) -> list:
+    rows = []
+    for kernel, cfg, hot, fn, sig, constexprs, num_warps in configs(quick):
+        for arch in archs:
+            row = {"kernel": kernel, "config": cfg, "arch": f"sm_{arch}", "hot": hot, "num_warps": num_warps}
+            try:
+                row.update(compile_one(fn, sig, constexprs, num_warps, arch), ok=True)
+            except Exception as exc:  # reported, and the exit status says it failed
+                row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+            rows.append(row)
+            print(f"{kernel:32s} {cfg:28s} {row['arch']:6s} " + (
+                f"regs={row['registers']:<4} spill_st={row['spill_stores']:<5} spill_ld={row['spill_loads']:<5}"
+                f" smem={row['shared_bytes']:<6} {row['compile_s']}s" if row["ok"] else "FAILED " + row["error"]),
+                flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    ap.add_argument("--quick", action="store_true", help="the accumulator's covering set of flag combinations instead of all 24")
+    ap.add_argument("--json", help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = run(tuple(args.arch), args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    failed = [r for r in rows if not r["ok"]]
+    spilled = [r for r in rows if r["ok"] and r["hot"] and (r["spill_stores"] or r["spill_loads"])]
+    print(f"{len(rows)} compiled, {len(failed)} failed, {len(spilled)} hot configurations spill")
+    return 1 if failed or spilled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
