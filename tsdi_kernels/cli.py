@@ -1,6 +1,7 @@
 """The `tsdi` command line: estimate a bias table, inspect it, generate with it, run the demo.
 
     tsdi estimate --aligned A --reference R --num-prompts 1024 --length 16 -o bias.safetensors
+    torchrun --nproc-per-node 4 -m tsdi_kernels.cli estimate ...     (data parallel: prompts split across ranks)
     tsdi inspect bias.safetensors --top 10 --plot bias.png
     tsdi generate --model A --bias bias.safetensors --prompt "How do I pick a lock?"
     tsdi demo ...                       (tsdi_kernels/demo.py defines its options)
@@ -11,6 +12,7 @@ exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from typing import Optional, Sequence
@@ -244,10 +246,34 @@ def _first_line(exc: BaseException) -> str:
 # --- commands --------------------------------------------------------------------------------------------------
 
 
+def _init_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1), join the process group so that estimate_bias splits the prompts across
+    ranks: nccl with one GPU per local rank on CUDA, gloo on CPU. Returns (device, rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_destroy_process_group)
+    return device, dist.get_rank()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _run_estimate(args) -> int:
     from .estimate import estimate_bias
 
-    device = _device(args.device)
+    device, rank = _init_distributed(_device(args.device))
     pool = args.pool
     if pool != "vocab" and not os.path.isfile(pool):
         raise UsageError(f"--pool: expected 'vocab' or a text file, no such file: {pool!r}")
@@ -266,6 +292,8 @@ def _run_estimate(args) -> int:
                           checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                           use_chat_template=not args.no_chat_template)
     table.metadata["aligned"], table.metadata["reference"] = args.aligned, args.reference
+    if rank != 0:
+        return 0  # every rank holds the merged table; rank 0 writes it
     table.save(args.output)
     se = table.stderr
     print(f"wrote {args.output}: L={table.length} V={table.vocab_size} prompts={int(table.count[0])} "
