@@ -22,6 +22,8 @@ def _row_types(vocab, gen):
     masked = base.clone()
     masked[torch.randperm(vocab, generator=gen)[: vocab // 3]] = float("-inf")
     flat = torch.randn(vocab, generator=gen) * 0.05  # top-p needs most of the vocabulary: fallback path
+    wide = torch.randn(vocab, generator=gen)  # every token is "near" (buffers are cut), but a few dominate
+    wide[torch.randperm(vocab, generator=gen)[:30]] += 9.0
     return [
         ("greedy", base, 0.0, 0, 1.0, 0),
         ("greedy-ties", ties, 0.0, 40, 0.5, 1),
@@ -34,6 +36,8 @@ def _row_types(vocab, gen):
         ("flat-topp", flat, 1.0, 0, 0.7, 5),
         ("flat-topk", flat, 1.0, 300, 1.0, 0),
         ("k>=V", base, 1.0, vocab + 5, 0.9, 2),
+        ("cut-topp", wide, 1.0, 0, 0.8, 1),
+        ("cut-topk", wide, 1.0, 25, 1.0, 1),
     ]
 
 
