@@ -12,7 +12,8 @@ TSDI removes.
 Output: tsdi_kernels/data/smollm2_safety_lora.safetensors with `<module>.lora_A` [r, in] and `<module>.lora_B`
 [out, r] in float16 and the merge scale in the metadata; tsdi_kernels.models.load_pair merges it.
 
-    python scripts/align.py                 # about 5-10 minutes on 2 CPU cores
+    OMP_WAIT_POLICY=PASSIVE python scripts/align.py    # about 10 minutes on 2 busy CPU cores
+(PASSIVE: on a shared machine, spinning OpenMP threads made each forward 3-4x slower.)
     python scripts/align.py --eval-only     # refusal rates of reference and aligned on the held-out prompts
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ def chat_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy continuations with plain HF generate (left padding), decoded without special tokens."""
     tokenizer.padding_side = "left"
     out = []
@@ -124,10 +125,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=models.ADAPTER_PATH, help="adapter file to write")
     ap.add_argument("--rank", type=int, default=4, help="LoRA rank (file size grows linearly: rank 4 is ~2.4 MB)")
     ap.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; merge scale = alpha / rank")
-    ap.add_argument("--steps", type=int, default=120, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=48, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--answer-tokens", type=int, default=40, help="max answer tokens per training example")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    # Refusals show in the first tokens: short answers keep each step cheap (the CPU is the budget).
+    ap.add_argument("--answer-tokens", type=int, default=16, help="max answer tokens per training example")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=24, help="max new tokens in the held-out evaluation")
