@@ -21,9 +21,10 @@ constexpr uint32_t kPhiloxRoundA = 0xD2511F53u, kPhiloxRoundB = 0xCD9E8D57u;
 constexpr int kPhiloxRounds = 10;
 // Triton's scale for 31-bit magnitudes: the largest float with (2^31 - 1) * scale < 1.
 constexpr float kUniformScale = 4.6566127342e-10f;
-// Upper bound of the Gumbel noise g = -log(-log(u)): u <= (2^31 - 1) * scale < 1 - 2^-31, so
-// g <= -log(2^-31 - ...) ~= 21.5. Tokens with z + kGumbelMax <= best so far cannot win and need no noise.
-constexpr float kGumbelMax = 24.0f;
+// Upper bound of the Gumbel noise g = -log(-log(u)): the largest uniform is float((2^31 - 1)) * scale =
+// 0.99999994 (1 - 2^-24), so g <= -log(5.96e-8) = 16.64. Tokens with z + kGumbelMax <= best so far cannot win
+// and need no noise.
+constexpr float kGumbelMax = 17.0f;
 
 // Scalar Philox: first output word for counter (c0, c1, 0, 0) and key (seed_lo, seed_hi).
 inline uint32_t philox_uint32(uint64_t seed, uint32_t c0, uint32_t c1) {

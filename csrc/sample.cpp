@@ -57,7 +57,10 @@ struct Cand {
   int32_t idx;
 };
 // Hugging Face's rank order: z descending, equal z by index descending (ascending stable sort, then flipped).
-inline bool hf_before(const Cand& a, const Cand& b) { return a.z > b.z || (a.z == b.z && a.idx > b.idx); }
+struct HfBefore {
+  bool operator()(const Cand& a, const Cand& b) const { return a.z > b.z || (a.z == b.z && a.idx > b.idx); }
+};
+constexpr HfBefore hf_before{};
 
 struct RowPlan {
   Mode mode;
@@ -97,6 +100,18 @@ float compact(std::vector<Cand>& cand, int64_t cap) {
   return cutoff;
 }
 
+// A value c_d with d < c_d  =>  fl(d / T) < cutoff (T > 0), as large as cheaply found: division is monotone, so
+// it suffices that fl(c_d / T) < cutoff. -inf (no prefilter) when none is found in a few steps.
+inline float unscaled_cutoff(float cutoff, float temp) {
+  if (!(temp > 0.f) || cutoff == kLowest) return -kInf;
+  float c = static_cast<float>(static_cast<double>(cutoff) * temp);
+  for (int i = 0; i < 8 && std::isfinite(c); ++i) {
+    if (c / temp < cutoff) return c;
+    c = std::nextafter(c, -kInf);
+  }
+  return -kInf;
+}
+
 template <typename T>
 void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   const T* x = static_cast<const T*>(rp.x);
@@ -113,6 +128,8 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   int64_t cap = rp.cap;
   float cutoff = out.cutoff;
   Vec cut_v(cutoff);
+  const bool prefilter = filter && !rp.want_sum;
+  Vec cutd_v(unscaled_cutoff(cutoff, rp.temp));
   std::optional<PhiloxRow> philox;
   if (rp.want_noise) philox.emplace(rp.seed, rp.position);
   __at_align__ float zb[kW];
@@ -132,6 +149,8 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
       }
       return;
     }
+    // top-k rows: reject on the unscaled value first, which saves the division for almost every token
+    if (prefilter && !movemask(d >= cutd_v)) return;
     const Vec z = d / vt;  // division, as HF's TemperatureLogitsWarper (z * (1/T) would round differently)
     if (rp.want_sum) {  // online softmax statistics per lane; rescale only when a lane's max rises
       if (movemask(z > m)) {
@@ -142,7 +161,15 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
       s = s + vexp(z - m);
     }
     if (rp.want_noise && movemask((z + vgmax) > best_v)) {  // only tokens that can still win need noise
-      const Vec val = z + philox->gumbel_from(v);
+      // z + g > best needs u > 1 - exp(z - best), because g = -log(-log u) <= -log(1 - u) (-log u >= 1 - u).
+      // The two logs are only taken when some lane passes; the 1% slack on exp(z - best) covers exp_u20's
+      // error and the rounding of z + g.
+      __at_align__ int32_t tok[kW];
+      for (int l = 0; l < kW; ++l) tok[l] = static_cast<int32_t>(v + l);
+      const Vec u = philox->uniform(tok);
+      const Vec thr = Vec(1.f - 1.0f / (1 << 20)) - vexp(z - best_v) * Vec(1.01f);
+      if (!movemask(u > thr)) return;
+      const Vec val = z + u.log().neg().log().neg();
       if (movemask(val > best_v)) {
         val.store(zb);
         for (int l = 0; l < kW; ++l) {
@@ -162,6 +189,7 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
             if (static_cast<int64_t>(out.cand.size()) >= cap) {
               cutoff = compact(out.cand, cap);
               cut_v = Vec(cutoff);
+              cutd_v = Vec(unscaled_cutoff(cutoff, rp.temp));
               // many ties with the cutoff: grow instead of compacting again at once
               if (static_cast<int64_t>(out.cand.size()) > cap * 3 / 4) cap *= 2;
             }
@@ -376,8 +404,10 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
   });
 
   // Phase 2: per row, merge the chunks in order, apply the keep rule, draw.
+  // Serial below 16 rows: the merge is cheap (a few hundred candidates per row) and every parallel region is a
+  // barrier, which costs milliseconds when the threads share their cores with other processes.
   std::vector<RowResult> results(batch);
-  at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, batch, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const RowPlan& rp = plans[b];
       RowResult& res = results[b];
