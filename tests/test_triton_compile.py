@@ -39,3 +39,15 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
               if r["hot"] and (r["spill_stores"] or r["spill_loads"])]
     assert not spills, spills
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_gpu_check_dry_run_lists_the_planned_cases():
+    """benchmarks/gpu_check.py imports and parses its arguments without a GPU."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"), "--dry-run"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("24 cases")
+    assert sum("debias_sample" in line for line in lines) == 12
+    assert any("logit_mean_update" in line and "B=256" in line and "V=151936" in line for line in lines)

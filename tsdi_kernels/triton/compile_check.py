@@ -3,8 +3,9 @@
     python -m tsdi_kernels.triton.compile_check [--arch 90 80] [--json out.json] [--quick]
 
 `triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))` lowers a kernel to
-PTX and a cubin on any machine. Without a driver the CompiledKernel has no n_regs, so the PTX is assembled again
-with Triton's bundled `ptxas -v`, whose report gives registers and spill bytes. Must run WITHOUT
+PTX and a cubin on any machine. Without a driver the CompiledKernel has no n_regs, so the cubin Triton built is
+read with the bundled `cuobjdump -res-usage` (registers; stack bytes = spills), or with --ptxas the PTX is
+assembled again by the bundled `ptxas -v` (exact spill store / load bytes, twice the time). Must run WITHOUT
 TRITON_INTERPRET (the interpreter replaces @triton.jit functions), hence a module the tests run in a subprocess.
 
 The configurations are the launchers' specializations: logits dtype x bias for the sampler, input dtype x
@@ -38,18 +39,19 @@ _DIV16 = {"stride_b", "vocab", "chunk"}  # ints the launcher's shapes make multi
 def _sampler_configs(quick: bool):
     cfg = sample.plan(64, 128256, "cuda")
     block, keep = cfg["block"], cfg["keep"]
-    dtypes = ("bf16", "fp32", "fp16")
+    # quick: a covering set (each dtype, each bias flag, the hot bf16 + bias case); else the full product
+    variants = ([("bf16", True), ("fp32", False), ("fp16", True)] if quick
+                else [(d, b) for d in ("bf16", "fp32", "fp16") for b in (True, False)])
     common = {"positions_ptr": "*i64", "temperature_ptr": "*fp32", "top_k_ptr": "*i64", "top_p_ptr": "*fp32",
               "seed_ptr": "*i64", "strength": "fp32", "vocab": "i32", "n_bias_rows": "i32", "stride_b": "i32"}
-    for dtype in dtypes:
-        for has_bias in (True, False):
-            sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", chunk="i32", part_f_ptr="*fp32",
-                       part_i_ptr="*i64", cand_ptr="*i64")
-            yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}", True, sample._stream_kernel, sig,
-                   {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep}, cfg["warps_stream"])
-            sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", stats_ptr="*fp32", out_ptr="*i64")
-            yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}", False, sample._fallback_kernel, sig,
-                   {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"]}, cfg["warps_fallback"])
+    for dtype, has_bias in variants:
+        sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", chunk="i32", part_f_ptr="*fp32",
+                   part_i_ptr="*i64", cand_ptr="*i64")
+        yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}", True, sample._stream_kernel, sig,
+               {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep}, cfg["warps_stream"])
+        sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", stats_ptr="*fp32", out_ptr="*i64")
+        yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}", False, sample._fallback_kernel, sig,
+               {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"]}, cfg["warps_fallback"])
     sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", out_ptr="*i64",
                stats_ptr="*fp32")
     yield ("sample._finish_kernel", f"keep{keep}", True, sample._finish_kernel, sig,
@@ -122,7 +124,23 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
             "spill_loads": int(loads.group(1)) if loads else 0}
 
 
-def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int) -> dict:
+def cubin_usage(cubin: bytes) -> dict:
+    """Registers and stack / local bytes of the cubin Triton built, from the bundled `cuobjdump -res-usage`
+    (milliseconds, where assembling the PTX again with `ptxas -v` costs as much as the compile). Register spills
+    live in the stack frame, so stack bytes > 0 is what "spills" means here; --ptxas gives exact spill bytes."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    regs, stack, _, local = (int(g) for g in usage.groups())
+    return {"registers": regs, "stack_bytes": stack, "local_bytes": local, "spill_stores": stack + local,
+            "spill_loads": stack + local}
+
+
+def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int, exact_spills=False) -> dict:
     sig = {name: signature.get(name, "constexpr") for name in fn.arg_names}
     missing = [n for n in fn.arg_names if n not in signature and n not in constexprs]
     if missing:
@@ -134,22 +152,22 @@ def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int
     t0 = time.time()
     kernel = triton.compile(src, target=target, options={"num_warps": num_warps})
     out = {"compile_s": round(time.time() - t0, 2), "shared_bytes": kernel.metadata.shared}
-    out.update(ptxas_usage(kernel.asm["ptx"], arch))
+    out.update(ptxas_usage(kernel.asm["ptx"], arch) if exact_spills else cubin_usage(kernel.asm["cubin"]))
     return out
 
 
-def run(archs=(90, 80), quick=False) -> list:
+def run(archs=(90, 80), quick=False, exact_spills=False) -> list:
     rows = []
     for kernel, cfg, hot, fn, sig, constexprs, num_warps in configs(quick):
         for arch in archs:
             row = {"kernel": kernel, "config": cfg, "arch": f"sm_{arch}", "hot": hot, "num_warps": num_warps}
             try:
-                row.update(compile_one(fn, sig, constexprs, num_warps, arch), ok=True)
+                row.update(compile_one(fn, sig, constexprs, num_warps, arch, exact_spills), ok=True)
             except Exception as exc:  # reported, and the exit status says it failed
                 row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
             rows.append(row)
             print(f"{kernel:32s} {cfg:28s} {row['arch']:6s} " + (
-                f"regs={row['registers']:<4} spill_st={row['spill_stores']:<5} spill_ld={row['spill_loads']:<5}"
+                f"regs={row['registers']:<4} spill_st={row['spill_stores']:<4} spill_ld={row['spill_loads']:<4}"
                 f" smem={row['shared_bytes']:<6} {row['compile_s']}s" if row["ok"] else "FAILED " + row["error"]),
                 flush=True)
     return rows
@@ -158,10 +176,11 @@ def run(archs=(90, 80), quick=False) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--quick", action="store_true", help="the accumulator's covering set of flag combinations instead of all 24")
+    ap.add_argument("--quick", action="store_true", help="covering sets of dtype / flag combinations instead of the full products")
     ap.add_argument("--json", help="write the rows as JSON here")
+    ap.add_argument("--ptxas", action="store_true", help="exact spill bytes from `ptxas -v` (twice as slow)")
     args = ap.parse_args(argv)
-    rows = run(tuple(args.arch), args.quick)
+    rows = run(tuple(args.arch), args.quick, args.ptxas)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

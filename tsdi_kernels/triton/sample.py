@@ -1,41 +1,41 @@
 """Fused debias + temperature + top-k + top-p + Gumbel-max sampler (Triton).
 
 Semantics are exactly tsdi_kernels/reference.py (read its docstring); this header gives the algorithm.
-
 Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions[b], v] (fp32):
 
   kernel 1 `_stream_kernel`, grid (B, S): program (b, j) streams its chunk of the vocabulary ONCE, in tiles of
-    BLOCK, keeping in registers: row status flags (NaN / +inf / any finite), the greedy argmax of z, the online
-    max m and sum of exp(s - m), and one of
-      - unfiltered rows (k = 0 or k >= V, and p = 1): the Gumbel-max winner argmax s_v + g_v over the chunk; the
+    BLOCK (512), keeping in registers: row status flags (NaN / +inf / any finite), the greedy argmax of z, the
+    online max m and sum of exp(s - m), and one of
+      - unfiltered rows (k = 0 or k >= V, and p = 1): the Gumbel-max winner argmax s_v + g_v of the chunk; the
         Philox noise is only generated for tiles whose max s + G_MAX can still beat the running best;
-      - filtered rows: a candidate buffer holding every token of the chunk whose packed key
+      - filtered rows: a candidate buffer holding every "near" token of the chunk (s >= m_run - span, span from
+        k, p and V so that far tokens provably cannot be kept or drawn, see the kernel) whose packed key
         key(s_v) << 32 | v is >= a cutoff that only rises. The packed key orders tokens exactly as HF's top-p
-        does (s descending, equal s by index descending), so the buffer is always a PREFIX of the HF ranking.
-        When appending a tile would overflow the KEEP + BLOCK slots, the buffer is sorted in registers and cut
-        to its KEEP best (the cutoff rises to the KEEP-th key). The buffer lives in a small global scratch
-        [B, S, KEEP + BLOCK] int64 (L1/L2 resident; Triton has no indexable shared memory).
+        does (s descending, equal s by index descending), so the buffer is a PREFIX of the (near) HF ranking.
+        When it holds more than KEEP (512) keys it is sorted in registers and cut to its KEEP / 2 best (the
+        cutoff rises to that key). It lives in a small global scratch [B, S, KEEP + BLOCK] int64 (L1/L2
+        resident: Triton has no indexable shared memory). Peaked LLM rows rarely cut at all.
   kernel 2 `_finish_kernel`, grid (B,): merges the S partials in split order (deterministic), merges the S
-    buffers into the row's top-KEEP prefix (sort of 2 * KEEP keys per split), then applies the exact HF rule
+    buffers into the row's top-KEEP prefix (a sort of 2 * KEEP keys per split), then applies the exact HF rule
     on the prefix: k-th largest value (ties kept), probabilities exp(s - m) / Z_k, exclusive cumulative sum in
     rank order < p (top token always kept), and Gumbel-max over the kept candidates. The prefix provably
-    contains the kept set when (a) the buffers were never cut, or (b) top-k: the prefix holds >= k tokens and
-    ends strictly below the k-th value, or (c) top-p alone: the prefix's mass >= p (every token outside it
-    has at least that much mass ranked above it).
-  kernel 3 `_fallback_kernel`, grid (B,): exits at once unless the prefix was insufficient (flat rows whose
-    top-KEEP mass < p, or k > KEEP); those rows are solved exactly by radix selection over the row:
-    8 passes (4 bits each) for the k-th largest value, 1 pass for Z_k, 16 passes over the 64-bit packed key
-    for the top-p boundary, 1 pass for the Gumbel-max. Bounded (26 extra reads of such a row), never taken
-    by peaked LLM distributions at the usual settings (top-1024 mass >= 0.9).
+    contains the kept set when (a) no buffer was cut, or (b) top-k: the prefix holds >= k tokens and ends
+    strictly below the k-th value, or (c) top-p alone: the prefix's mass >= p (every token outside it has at
+    least that much mass ranked above it).
+  kernel 3 `_fallback_kernel`, grid (B,): exits at once unless (a)-(c) failed (flat rows whose top-KEEP mass
+    < p, or k > KEEP / 2 after a cut); those rows are solved exactly by radix selection over the row: 8 passes
+    (4 bits each) for the k-th largest value, 1 pass for Z_k, 16 passes over the 64-bit packed key for the top-p
+    boundary, 1 pass for the Gumbel-max: a bounded worst case of 26 more reads of such a row.
 
-Why not "at most one extra pass": the exact HF boundary of a flat row is an order statistic of up to V values
-(a selection); without an indexable on-chip buffer of V entries it needs log-many passes (radix select, as
-torch.topk does). The common case reads the logits once.
+Why the worst case is not "one more pass": the exact HF boundary of a flat row is an order statistic of up to
+V values (a selection); without an indexable on-chip buffer of V entries that needs log-many passes (radix
+select, as torch.topk does). The common case reads the logits once, writes 8 bytes per row.
 
-Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 if a bias row applies (the bias table
-rows, fp32; it is usually L2 resident when rows share positions) + B * S * (KEEP + BLOCK) * 8 scratch (L2)
-+ 8 * B out. B=64, V=128256, bf16, no bias: 16.4 MB of logits, ~5.5 us at 3 TB/s.
-Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as reference.py.
+Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 when a bias row applies (fp32 rows,
+L2 hits when rows share positions) + scratch of B * S * (16 + 8 * KEEP) bytes (L2) + 8 * B out.
+B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s; S = 5 splits at B = 64 on 132 SMs, 32 at B = 1.
+Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as reference.py
+(on the GPU tl.log is an approximate log, hence "same tokens up to float rounding").
 No host synchronisation: grids and scratch sizes depend on shapes only (CUDA-graph capturable).
 """
 from __future__ import annotations
@@ -405,9 +405,9 @@ def _sm_count(device) -> int:
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
     """Launch plan for a [batch, vocab] call: tile BLOCK, candidates KEEP, splits S, chunk per split, warps.
     Splits fill ~2 programs per SM at small batch, with at least 4 tiles per program so that each still streams.
-    Warps (compile_check: no spills on sm_90 / sm_80): the stream kernel holds KEEP + BLOCK int64 keys while it
-    cuts its buffer (8 warps); kernel 2 sorts 2 * KEEP keys and kernel 3 holds [BLOCK, 16] probe tiles (16 warps
-    each: one program per row, so more threads per row also means lower latency at small batch)."""
+    Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP + BLOCK =
+    1024 int64 keys while it cuts its buffer: 96 registers), finish kernel 4 (sorts 2 * KEEP keys: 107 on sm_90;
+    8 warps spill on sm_80), fallback kernel 8 with 512-wide tiles ([512, 16] probe compares: 97 registers)."""
     interp = device_type != "cuda"
     block = block or (256 if interp else 512)
     keep = keep or block
@@ -416,8 +416,8 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     splits = triton.cdiv(vocab, chunk)
     return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
-            "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 16,
-            "warps_fallback": 16}
+            "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 4,
+            "warps_fallback": 8}
 
 
 def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
