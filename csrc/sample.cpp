@@ -132,6 +132,7 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   Vec cutd_v(unscaled_cutoff(cutoff, rp.temp));
   std::optional<PhiloxRow> philox;
   if (rp.want_noise) philox.emplace(rp.seed, rp.position);
+  if (filter) out.cand.reserve(std::min(cap, v1 - v0 + 1));
   __at_align__ float zb[kW];
 
   auto block = [&](const Vec& d, int64_t v) __attribute__((always_inline)) {
@@ -391,7 +392,9 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
   // for top-p-only rows, its max - D). Any cutoff that some earlier chunk proved valid is valid for the row, and
   // the results do not depend on which candidates above it were collected (the keep rule and the sums only use
   // the exact kept set), so this saves the warm-up of every chunk without making results thread-dependent.
-  at::parallel_for(0, batch * nchunk, 1, [&](int64_t lo, int64_t hi) {
+  // grain 4 chunks (64K tokens, ~50 us of work): smaller problems run on the calling thread, where a parallel
+  // region would cost more than it saves.
+  at::parallel_for(0, batch * nchunk, 4, [&](int64_t lo, int64_t hi) {
     float carried = kLowest;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t b = i / nchunk, v0 = (i % nchunk) * kChunk;
@@ -450,6 +453,14 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
           for (const Cand& e : ch[c].cand) {
             if (e.z >= cutoff) cand.push_back(e);
           }
+        }
+        const int64_t k = rp.top_k;
+        if (k > 0 && static_cast<int64_t>(cand.size()) > k) {  // sort only the top k and their ties
+          std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(),
+                           [](const Cand& a, const Cand& b) { return a.z > b.z; });
+          const float kth = cand[k - 1].z;
+          cand.erase(std::partition(cand.begin(), cand.end(), [kth](const Cand& e) { return e.z >= kth; }),
+                     cand.end());
         }
         std::sort(cand.begin(), cand.end(), hf_before);
         // no chunk ever compacted -> the candidates are all finite tokens

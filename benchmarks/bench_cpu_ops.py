@@ -1,0 +1,103 @@
+"""CPU benchmarks of the C++ kernels against what a user would otherwise run, on the same inputs, 2 threads.
+
+debias_sample vs the Hugging Face pipeline: bias subtraction, TemperatureLogitsWarper(0.7), TopKLogitsWarper(50),
+TopPLogitsWarper(0.9), softmax, torch.multinomial. logit_mean_update vs plain torch: log_softmax difference, then
+a Chan/Welford update of mean / M2 / count. Each shape is one benchmark group (baseline + candidate); conftest.py
+prints the speed-up table. Bytes for GB/s: one read of the logits (+ the bias rows) for debias_sample; one read
+of aligned + reference and a read/write of mean and m2 for logit_mean_update.
+
+    python -m pytest benchmarks/bench_cpu_ops.py --benchmark-enable -q
+"""
+import os
+
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from tsdi_kernels import ops
+
+pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason=f"C++ extension not built: {ops.EXTENSION_ERROR}")
+
+THREADS = int(os.environ.get("TSDI_BENCH_THREADS", "2"))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BIAS_ROWS = 16
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(old)
+
+
+def sampling_inputs(batch, vocab, dtype):
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(batch, vocab, generator=g) * 3).to(dtype)
+    bias = torch.randn(BIAS_ROWS, vocab, generator=g) * 0.5
+    positions = torch.randint(0, BIAS_ROWS, (batch,), generator=g)
+    return logits, bias, positions
+
+
+def hf_pipeline(logits, bias, positions):
+    warpers = (TemperatureLogitsWarper(0.7), TopKLogitsWarper(50), TopPLogitsWarper(0.9))
+    scores = logits.float() - bias[positions]
+    for w in warpers:
+        scores = w(None, scores)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+
+
+SAMPLE_SHAPES = [(b, v, d) for d in DTYPES for v in (32000, 128256) for b in (1, 8, 64)]
+
+
+@pytest.mark.parametrize("role", ["baseline", "candidate"])
+@pytest.mark.parametrize("shape", SAMPLE_SHAPES, ids=[f"B{b}-V{v}-{d}" for b, v, d in SAMPLE_SHAPES])
+def test_debias_sample(benchmark, shape, role):
+    batch, vocab, dtype = shape
+    logits, bias, positions = sampling_inputs(batch, vocab, DTYPES[dtype])
+    benchmark.group = f"debias_sample B{batch} V{vocab} {dtype}"
+    benchmark.extra_info["role"] = role
+    if role == "baseline":
+        benchmark(hf_pipeline, logits, bias, positions)
+        return
+    temperature = torch.full((batch,), 0.7)
+    top_k = torch.full((batch,), 50, dtype=torch.int64)
+    top_p = torch.full((batch,), 0.9)
+    seed = torch.arange(batch, dtype=torch.int64)
+    benchmark.extra_info["bytes"] = logits.numel() * logits.element_size() + batch * vocab * 4
+    tokens = benchmark(torch.ops.tsdi.debias_sample, logits, bias, positions, temperature, top_k, top_p, seed, 1.0)
+    assert tokens.shape == (batch,) and (tokens >= 0).all()
+
+
+def torch_mean_update(mean, m2, count, aligned, reference):
+    """What one writes without the kernel: materialised [B, L, V] log-prob differences, then a Chan merge."""
+    d = torch.log_softmax(aligned.float(), dim=-1) - torch.log_softmax(reference.float(), dim=-1)
+    n_b = d.shape[0]
+    mean_b = d.mean(dim=0)
+    m2_b = ((d - mean_b) ** 2).sum(dim=0)
+    n_a = count.to(torch.float32)[:, None]
+    n = n_a + n_b
+    delta = mean_b - mean
+    mean += delta * (n_b / n)
+    m2 += m2_b + delta * delta * (n_a * n_b / n)
+    count += n_b
+
+
+MEAN_SHAPES = [(8, 16, 32000, "bf16"), (8, 16, 128256, "bf16"), (4, 8, 128256, "fp32")]
+
+
+@pytest.mark.parametrize("role", ["baseline", "candidate"])
+@pytest.mark.parametrize("shape", MEAN_SHAPES, ids=[f"B{b}-L{l}-V{v}-{d}" for b, l, v, d in MEAN_SHAPES])
+def test_logit_mean_update(benchmark, shape, role):
+    batch, length, vocab, dtype = shape
+    g = torch.Generator().manual_seed(0)
+    aligned = (torch.randn(batch, length, vocab, generator=g) * 3).to(DTYPES[dtype])
+    reference = (torch.randn(batch, length, vocab, generator=g) * 3).to(DTYPES[dtype])
+    state = (torch.zeros(length, vocab), torch.zeros(length, vocab), torch.zeros(length, dtype=torch.int64))
+    benchmark.group = f"logit_mean_update B{batch} L{length} V{vocab} {dtype}"
+    benchmark.extra_info["role"] = role
+    if role == "baseline":
+        benchmark(torch_mean_update, *state, aligned, reference)
+        return
+    benchmark.extra_info["bytes"] = 2 * aligned.numel() * aligned.element_size() + 4 * length * vocab * 4
+    benchmark(torch.ops.tsdi.logit_mean_update, *state, aligned, reference, None, True)
