@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="JSON with lists 'harmless' and 'harmful' of held-out prompts "
                         "(default: tsdi_kernels/data/heldout_prompts.json)")
     p.add_argument("--limit", type=_positive, default=None, help="use only the first N prompts of each list")
-    p.add_argument("--num-prompts", type=_positive, default=128, help="random prompts for the bias estimate (default: %(default)s)")
+    p.add_argument("--num-prompts", type=_positive, default=64, help="random prompts for the bias estimate (default: %(default)s)")
     p.add_argument("--length", "-L", type=_positive, default=8, help="L: answer positions the bias covers (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive, default=16, help="random prompts per estimation batch (default: %(default)s)")
     p.add_argument("--strengths", type=_strengths, default="0.5,1,1.5",
@@ -192,12 +192,38 @@ def run_configs(aligned, reference, tokenizer, table, prompts: dict, strengths: 
 
 
 # ------------------------------------------------------------------------------------------------ reporting
+# First tokens of typical refusal and compliance openings: their bias shows the refusal preference directly.
+REFUSAL_PROBES = ("Sorry", "I", " sorry", " cannot", "Unfortunately")
+COMPLY_PROBES = ("Sure", "To", "Here", "The", "1")
+
+
+def _probe_ids(tokenizer, words) -> list[tuple[str, int]]:
+    """(word, id) for the probe words that are a single token of this tokenizer."""
+    out = []
+    for w in words:
+        ids = tokenizer(w, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out.append((w, ids[0]))
+    return out
+
+
 def format_bias_tokens(table, tokenizer, top: int) -> str:
+    """Per position: the `top` most biased non-special tokens, then refusal / compliance openers.
+
+    The largest raw values are often rare tokens that neither model would emit (the adapter moves their logits
+    freely at no cost), so the probe line gives each opener's bias relative to the position's median (the bias
+    is defined up to a per-position constant), which is what decides the first words of an answer."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    probes = _probe_ids(tokenizer, REFUSAL_PROBES), _probe_ids(tokenizer, COMPLY_PROBES)
     lines = []
     for t in range(table.length):
-        items = table.top_tokens(t, top, tokenizer)
-        cells = [f"{text!r} {value:+.2f}±{err:.2f}" for _, text, value, err in items]
-        lines.append(f"  t={t:<2d} " + "  ".join(cells))
+        items = [x for x in table.top_tokens(t, top + len(special), tokenizer) if x[0] not in special][:top]
+        lines.append(f"  t={t:<2d} " + "  ".join(f"{text!r} {value:+.2f}±{err:.2f}" for _, text, value, err in items))
+        if probes[0] or probes[1]:
+            row = table.mean[t].float()
+            median = float(row[: len(tokenizer)].median())
+            cells = [" ".join(f"{w.strip()!r} {float(row[i]) - median:+.1f}" for w, i in group) for group in probes]
+            lines.append(f"       vs median: refusal openers {cells[0]} | compliance openers {cells[1]}")
     return "\n".join(lines)
 
 
@@ -270,7 +296,7 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
     estimate_s = time.perf_counter() - t0
     table.save(args.out / "bias.safetensors")
     log(f"  done in {estimate_s:.0f}s; the tokens the aligned model favours most at each answer position "
-        "(bias = mean log-prob difference ± standard error):")
+        "(bias = mean log-prob difference aligned - reference ± standard error):")
     log(format_bias_tokens(table, tokenizer, args.top))
 
     counts = {s: len(prompts[s]) for s in SPLITS}

@@ -185,5 +185,7 @@ def load_pair(model_dir: Optional[PathLike] = None, adapter: PathLike = ADAPTER_
     aligned.eval()
     meta = merge_adapter(aligned, adapter)
     # Distinct names so the bias table's metadata says which model was which.
-    aligned.config._name_or_path = f"{reference.name_or_path}+{meta.get('name', Path(adapter).name)}"
+    name = f"{reference.name_or_path}+{meta.get('name', Path(adapter).name)}"
+    aligned.config._name_or_path = name
+    aligned.name_or_path = name
     return aligned, reference, tokenizer
