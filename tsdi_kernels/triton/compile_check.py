@@ -176,7 +176,8 @@ def run(archs=(90, 80), quick=False, exact_spills=False) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90, 80])
-    ap.add_argument("--quick", action="store_true", help="covering sets of dtype / flag combinations instead of the full products")
+    ap.add_argument("--quick", action="store_true",
+                    help="covering sets of dtype / flag combinations instead of the full products")
     ap.add_argument("--json", help="write the rows as JSON here")
     ap.add_argument("--ptxas", action="store_true", help="exact spill bytes from `ptxas -v` (twice as slow)")
     args = ap.parse_args(argv)

@@ -152,36 +152,35 @@ def _stream_kernel(
     start = i_s * chunk
     end = tl.minimum(start + chunk, vocab)
 
-    flags = tl.zeros((), tl.int32)
-    g_val = float("-inf")  # greedy: max z, first index
-    g_idx = tl.zeros((), tl.int64) + vocab
-    m_run = float("-inf")  # online softmax of s
-    z_run = 0.0
+    # Per-lane state, reduced once after the loop: a block reduction costs a shared-memory round trip and a
+    # barrier, so the loop only reduces what it branches on (the tile max of s, the candidate count).
+    v_flags = tl.zeros((BLOCK,), tl.int32)  # status bits of the debiased row (before temperature)
+    v_gval = tl.full((BLOCK,), float("-inf"), tl.float32)  # greedy: per-lane max z, first index
+    v_gidx = tl.zeros((BLOCK,), tl.int32) + vocab
+    v_z = tl.zeros((BLOCK,), tl.float32)  # per-lane sum of exp(s - m_run)
+    m_run = float("-inf")  # online softmax of s: running max
     u_val = float("-inf")  # unfiltered Gumbel-max
     u_idx = tl.zeros((), tl.int64) + vocab
     count = tl.zeros((), tl.int32)
     cutoff = tl.zeros((), tl.int64) + INT64_MIN
+    flags = tl.zeros((), tl.int32)
     for v0 in range(start, end, BLOCK):
         o_v = v0 + o_blk
         m_v = o_v < end
         b_z = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS)
-        # status of the debiased row (before temperature), reference._row_status
-        any_nan = tl.max((b_z != b_z).to(tl.int32), axis=0)
-        any_pinf = tl.max((b_z == float("inf")).to(tl.int32), axis=0)
-        any_fin = tl.max((tl.abs(b_z) < float("inf")).to(tl.int32), axis=0)
-        flags = flags | any_nan * FLAG_NAN | any_pinf * FLAG_PINF | any_fin * FLAG_FINITE
-        # greedy: strict > across tiles and the lowest index inside a tile keep the first maximum
-        t_max = tl.max(b_z, axis=0)
-        t_idx = tl.min(tl.where(b_z == t_max, o_v, 2147483647), axis=0).to(tl.int64)
-        if t_max > g_val:
-            g_val = t_max
-            g_idx = t_idx
+        # reference._row_status: NaN, +inf, any finite (lanes past the end hold -inf: none of the three)
+        v_flags = v_flags | tl.where(b_z != b_z, FLAG_NAN, 0) | tl.where(b_z == float("inf"), FLAG_PINF, 0) \
+            | tl.where(tl.abs(b_z) < float("inf"), FLAG_FINITE, 0)
+        # greedy: strict > keeps each lane's first maximum; ties across lanes go to the lowest index below
+        m_better = b_z > v_gval
+        v_gval = tl.where(m_better, b_z, v_gval)
+        v_gidx = tl.where(m_better, o_v, v_gidx)
         b_s = b_z / inv_scale
-        # online max / sum of exp (-inf tiles leave the state as it is)
+        # online max / sum of exp: one scalar rescale per tile (-inf tiles leave the state as it is)
         s_max = tl.max(b_s, axis=0)
         m_new = tl.maximum(m_run, s_max)
         if m_new > float("-inf"):
-            z_run = z_run * tl.exp(m_run - m_new) + tl.sum(tl.exp(b_s - m_new), axis=0)
+            v_z = v_z * tl.exp(m_run - m_new) + tl.exp(b_s - m_new)
             m_run = m_new
         if unfiltered:
             if s_max + G_MAX > u_val:
@@ -212,6 +211,11 @@ def _stream_kernel(
                     count = tl.zeros((), tl.int32) + HALF
                     flags = flags | FLAG_CUT
                     tl.debug_barrier()
+    flags = flags | tl.max(v_flags & FLAG_NAN, axis=0) | tl.max(v_flags & FLAG_PINF, axis=0) \
+        | tl.max(v_flags & FLAG_FINITE, axis=0)
+    z_run = tl.sum(v_z, axis=0)
+    g_val = tl.max(v_gval, axis=0)
+    g_idx = tl.min(tl.where(v_gval == g_val, v_gidx, 2147483647), axis=0).to(tl.int64)
     i_part = (i_b * n_split + i_s) * 4
     tl.store(part_f_ptr + i_part + 0, m_run)
     tl.store(part_f_ptr + i_part + 1, z_run)
@@ -225,8 +229,8 @@ def _stream_kernel(
 
 @triton.jit
 def _finish_kernel(
-    positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr, cand_ptr, out_ptr,
-    stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr,
+    positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr,
+    cand_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     i_b = tl.program_id(0)
