@@ -56,7 +56,7 @@ def test_debias_sample(benchmark, shape, role):
     batch, vocab, dtype = shape
     logits, bias, positions = sampling_inputs(batch, vocab, DTYPES[dtype])
     benchmark.group = f"debias_sample B{batch} V{vocab} {dtype}"
-    benchmark.extra_info["role"] = role
+    benchmark.extra_info.update(role=role, threads=THREADS)
     if role == "baseline":
         benchmark(hf_pipeline, logits, bias, positions)
         return
@@ -95,7 +95,7 @@ def test_logit_mean_update(benchmark, shape, role):
     reference = (torch.randn(batch, length, vocab, generator=g) * 3).to(DTYPES[dtype])
     state = (torch.zeros(length, vocab), torch.zeros(length, vocab), torch.zeros(length, dtype=torch.int64))
     benchmark.group = f"logit_mean_update B{batch} L{length} V{vocab} {dtype}"
-    benchmark.extra_info["role"] = role
+    benchmark.extra_info.update(role=role, threads=THREADS)
     if role == "baseline":
         benchmark(torch_mean_update, *state, aligned, reference)
         return

@@ -3,7 +3,8 @@
 Each comparison is one pytest-benchmark group (``benchmark.group = "debias_sample B8 V128256 fp32"``) holding one
 benchmark with ``benchmark.extra_info["role"] = "baseline"`` and one or more with ``"candidate"``. At the end of
 the session this prints, per group, the median time of each and the speed-up (baseline median / candidate
-median), measured in the same run. Optional extra_info["bytes"] adds the candidate's effective GB/s.
+median), measured in the same run. Optional extra_info["bytes"] adds the candidate's effective GB/s, optional
+extra_info["threads"] the torch thread count the benchmark set (printed in the header).
 Run with ``--benchmark-enable`` (pyproject's addopts disable benchmarks for the test suite).
 """
 import os
@@ -54,8 +55,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.write_sep("=", "speed-up over baseline (median times, same run)")
+    threads = sorted({str(b.extra_info.get("threads", "?")) for m in groups.values() for b in m})
     tr.write_line(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                  f"torch threads {torch.get_num_threads()}")
+                  f"torch threads during the benchmarks: {', '.join(threads)}")
     width = max(len(r[0]) for r in rows)
     tr.write_line(f"{'group':<{width}}  {'candidate':<28} {'baseline ms':>11} {'candidate ms':>12} {'GB/s':>7} "
                   f"{'speed-up':>8}")
