@@ -55,7 +55,7 @@ def _sampler_configs(quick: bool):
     sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", out_ptr="*i64",
                stats_ptr="*fp32")
     yield ("sample._finish_kernel", f"keep{keep}", True, sample._finish_kernel, sig,
-           {"KEEP": keep, "BLOCK": block}, cfg["warps_finish"])
+           {"KEEP": keep, "BLOCK": block, "MAX_SPLITS": sample.MAX_SPLITS}, cfg["warps_finish"])
 
 
 def _accumulator_variants(quick: bool):

@@ -95,6 +95,15 @@ def _key_to_float(key):
 
 
 @triton.jit
+def _near_span(top_k, top_p, vocab):
+    """How far below the max a token must be to provably not matter (see _stream_kernel)."""
+    no_top_k = (top_k == 0) | (top_k >= vocab)
+    k_f = tl.where(no_top_k, vocab, top_k).to(tl.float32)
+    return tl.where(top_p >= 1.0, G_SPAN,
+                    tl.log(k_f) + tl.maximum(1.0 - tl.log(1.0 - top_p), tl.where(no_top_k, 0.0, 17.5)))
+
+
+@triton.jit
 def _gumbel(seed, position, o_v):
     """g = -log(-log(u)), u = Triton's tl.rand(seed, v + position * 2**32): reference.philox_uniform."""
     offset = o_v.to(tl.int64) + position * 4294967296
@@ -140,9 +149,7 @@ def _stream_kernel(
     #   top-k and top-p: the same with k in place of V, and the far survivors' share of Z_k is
     #     <= k e^-span < 2.5e-8 (fp32 rounding) with span >= ln k + 17.5;
     #   top-k alone: far survivors cannot win the Gumbel-max (G_SPAN).
-    k_f = tl.where(no_top_k, vocab, top_k).to(tl.float32)
-    near_span = tl.where(top_p >= 1.0, G_SPAN,
-                         tl.log(k_f) + tl.maximum(1.0 - tl.log(1.0 - top_p), tl.where(no_top_k, 0.0, 17.5)))
+    near_span = _near_span(top_k, top_p, vocab)
     bias_end = tl.where(position < n_bias_rows, vocab, 0)
     p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
     p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
@@ -230,7 +237,7 @@ def _stream_kernel(
 @triton.jit
 def _finish_kernel(
     positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr,
-    cand_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr,
+    cand_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr, MAX_SPLITS: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     i_b = tl.program_id(0)
@@ -240,35 +247,40 @@ def _finish_kernel(
     seed = tl.load(seed_ptr + i_b)
     o_keep = tl.arange(0, KEEP)
 
-    # merge the split partials in split order (fixed order: deterministic)
-    flags = tl.zeros((), tl.int64)
-    g_val = float("-inf")
-    g_idx = tl.zeros((), tl.int64) + vocab
-    m_run = float("-inf")
-    z_run = 0.0
-    u_val = float("-inf")
-    u_idx = tl.zeros((), tl.int64) + vocab
+    # merge the split partials: vector loads of all S partials (no per-split memory round trip), ties to the
+    # lowest index (splits cover increasing index ranges), fixed reduction trees: deterministic
+    o_s = tl.arange(0, MAX_SPLITS)
+    m_s_ok = o_s < n_split
+    o_part = (i_b * n_split + o_s) * 4
+    v_m = tl.load(part_f_ptr + o_part + 0, mask=m_s_ok, other=float("-inf"))
+    v_z = tl.load(part_f_ptr + o_part + 1, mask=m_s_ok, other=0.0)
+    v_gv = tl.load(part_f_ptr + o_part + 2, mask=m_s_ok, other=float("-inf"))
+    v_uv = tl.load(part_f_ptr + o_part + 3, mask=m_s_ok, other=float("-inf"))
+    v_gi = tl.load(part_i_ptr + o_part + 0, mask=m_s_ok, other=INT64_MAX)
+    v_ui = tl.load(part_i_ptr + o_part + 1, mask=m_s_ok, other=INT64_MAX)
+    v_n = tl.load(part_i_ptr + o_part + 2, mask=m_s_ok, other=0)
+    v_flags = tl.load(part_i_ptr + o_part + 3, mask=m_s_ok, other=0)
+    m_run = tl.max(v_m, axis=0)
+    z_run = tl.sum(tl.where(v_m > float("-inf"), v_z * tl.exp(v_m - m_run), 0.0), axis=0)
+    g_val = tl.max(v_gv, axis=0)
+    g_idx = tl.min(tl.where(v_gv == g_val, v_gi, INT64_MAX), axis=0)
+    u_val = tl.max(v_uv, axis=0)
+    u_idx = tl.min(tl.where(v_uv == u_val, v_ui, INT64_MAX), axis=0)
+    flags = tl.max(v_flags & FLAG_NAN, axis=0) | tl.max(v_flags & FLAG_PINF, axis=0) \
+        | tl.max(v_flags & FLAG_FINITE, axis=0)
+    # candidates: only splits whose max is near the row max hold near tokens; merge those (typically 1-3)
+    thr = m_run - _near_span(top_k, top_p, vocab)
+    m_near_s = m_s_ok & (v_n > 0) & (v_m >= thr)
+    flags = flags | tl.max(tl.where(m_near_s, v_flags & FLAG_CUT, 0), axis=0)
+    c_near = tl.cumsum(m_near_s.to(tl.int32), axis=0)
     b_cand = tl.full((KEEP,), INT64_MIN, tl.int64)
-    for i_s in range(0, n_split):
-        i_part = (i_b * n_split + i_s) * 4
-        m_s = tl.load(part_f_ptr + i_part + 0)
-        z_s = tl.load(part_f_ptr + i_part + 1)
-        gv_s = tl.load(part_f_ptr + i_part + 2)
-        uv_s = tl.load(part_f_ptr + i_part + 3)
-        flags = flags | tl.load(part_i_ptr + i_part + 3)
-        if gv_s > g_val:
-            g_val = gv_s
-            g_idx = tl.load(part_i_ptr + i_part + 0)
-        if uv_s > u_val:
-            u_val = uv_s
-            u_idx = tl.load(part_i_ptr + i_part + 1)
-        m_new = tl.maximum(m_run, m_s)
-        if m_new > float("-inf"):
-            z_run = z_run * tl.exp(m_run - m_new) + z_s * tl.exp(m_s - m_new)
-            m_run = m_new
-        n_s = tl.load(part_i_ptr + i_part + 2).to(tl.int32)
+    n_near = tl.sum(m_near_s.to(tl.int32), axis=0)
+    for i_near in range(0, n_near):
+        i_s = tl.min(tl.where(m_near_s & (c_near == i_near + 1), o_s, MAX_SPLITS), axis=0)
+        n_s = tl.sum(tl.where(o_s == i_s, v_n, 0), axis=0).to(tl.int32)
         b_new = tl.load(cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS + o_keep, mask=o_keep < n_s,
                         other=INT64_MIN)
+        b_new = tl.where(_key_to_float((b_new >> 32).to(tl.int32)) >= thr, b_new, INT64_MIN)
         # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half (one sort site for compile time)
         b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
         b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
@@ -394,6 +406,7 @@ def _fallback_kernel(
 
 # --- launcher -------------------------------------------------------------------------------------------------
 
+MAX_SPLITS = 64
 _SM_COUNT: dict = {}
 
 
@@ -408,7 +421,8 @@ def _sm_count(device) -> int:
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
     """Launch plan for a [batch, vocab] call: tile BLOCK, candidates KEEP, splits S, chunk per split, warps.
-    Splits fill ~2 programs per SM at small batch, with at least 4 tiles per program so that each still streams.
+    Splits fill ~4 programs per SM at small batch (bytes in flight: one BLOCK tile per program at a time), with
+    at least 4 tiles per program, at most MAX_SPLITS (kernel 2 merges the S partials as one vector).
     Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP + BLOCK =
     1024 int64 keys while it cuts its buffer: 96 registers), finish kernel 4 (sorts 2 * KEEP keys: 107 on sm_90;
     8 warps spill on sm_80), fallback kernel 8 with 512-wide tiles ([512, 16] probe compares: 97 registers)."""
@@ -416,7 +430,9 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
     block = block or (256 if interp else 512)
     keep = keep or block
     if splits is None:
-        splits = 1 if interp else max(1, min(triton.cdiv(2 * n_sm, batch), triton.cdiv(vocab, 4 * block), 32))
+        splits = 1 if interp else max(1, min(triton.cdiv(4 * n_sm, batch), triton.cdiv(vocab, 4 * block),
+                                             MAX_SPLITS))
+    splits = min(splits, MAX_SPLITS)
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     splits = triton.cdiv(vocab, chunk)
     return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
@@ -450,7 +466,7 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
         num_warps=cfg["warps_stream"])
     _finish_kernel[(batch,)](
         positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, out, stats,
-        KEEP=keep, BLOCK=block, num_warps=cfg["warps_finish"])
+        KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, num_warps=cfg["warps_finish"])
     _fallback_kernel[(batch,)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
         vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
