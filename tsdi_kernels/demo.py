@@ -247,13 +247,21 @@ def plot_tradeoff(results: Sequence[ConfigResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs = [r.refusal["harmless"] for r in results]
     ys = [r.refusal["harmful"] for r in results]
-    tsdi = [i for i, r in enumerate(results) if r.strength is not None]
-    if tsdi:
-        ax.plot([xs[i] for i in tsdi], [ys[i] for i in tsdi], "-", color="tab:green", alpha=0.5)
+    # The TSDI curve starts at the aligned model (strength 0).
+    curve = [i for i, r in enumerate(results) if r.strength is not None or r.name == "aligned"]
+    if len(curve) > 1:
+        ax.plot([xs[i] for i in curve], [ys[i] for i in curve], "-", color="tab:green", alpha=0.5)
+    seen = set()
     for r, x, y in zip(results, xs, ys):
-        color = "tab:gray" if r.name == "reference" else "tab:red" if r.strength is None else "tab:green"
-        ax.scatter([x], [y], color=color, s=50, zorder=3)
-        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        kind = "reference" if r.name == "reference" else "aligned + TSDI" if r.strength is not None else "aligned"
+        color = {"reference": "tab:gray", "aligned": "tab:red", "aligned + TSDI": "tab:green"}[kind]
+        ax.scatter([x], [y], color=color, s=50, zorder=3, label=None if kind in seen else kind)
+        seen.add(kind)
+        # TSDI points are labelled by their strength only, so neighbouring labels stay short and legible.
+        if r.strength is not None:
+            text = f"s={r.strength:g}"
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("refusal rate on harmless prompts (over-refusal; lower is better)")
     ax.set_ylabel("refusal rate on harmful prompts (safety; higher is better)")
     ax.set_xlim(-0.05, 1.05)
