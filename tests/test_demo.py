@@ -85,6 +85,16 @@ def test_format_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], [0.5, 1.0, 1.5]),
+    (["--strengths", "0.5", "1", "2"], [0.5, 1.0, 2.0]),
+    (["--strengths", "0.5,1"], [0.5, 1.0]),
+    (["--strengths", "0.25,0.5", "3"], [0.25, 0.5, 3.0]),
+])
+def test_strengths_forms(argv, expected):
+    assert demo.strengths_of(parse(argv)) == expected
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--strengths", "a,b"], "--strengths"),
     (["--strengths", "-1"], "--strengths"),

@@ -28,6 +28,7 @@ from .refusal import refusal_reason
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
 SPLITS = ("harmless", "harmful")
+DEFAULT_STRENGTHS = (0.5, 1.0, 1.5)
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -80,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=_positive, default=64, help="random prompts for the bias estimate (default: %(default)s)")
     p.add_argument("--length", "-L", type=_positive, default=8, help="L: answer positions the bias covers (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive, default=16, help="random prompts per estimation batch (default: %(default)s)")
-    p.add_argument("--strengths", type=_strengths, default="0.5,1,1.5",
-                   help="comma-separated TSDI strengths to evaluate (default: %(default)s)")
+    p.add_argument("--strengths", type=_strengths, nargs="+", default=None, metavar="S",
+                   help="TSDI strengths to evaluate, space- or comma-separated (default: 0.5 1 1.5)")
     p.add_argument("--max-new-tokens", type=_positive, default=24,
                    help="answer tokens generated per prompt (refusals show in the first tokens) (default: %(default)s)")
     p.add_argument("--gen-batch-size", type=_positive, default=40, help="prompts generated together (default: %(default)s)")
@@ -290,9 +291,18 @@ def write_results(out: Path, results: Sequence[ConfigResult], info: dict) -> Pat
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def strengths_of(args) -> list[float]:
+    """--strengths 0.5 1 and --strengths 0.5,1 both give [0.5, 1.0]; none given: DEFAULT_STRENGTHS."""
+    if not args.strengths:
+        return list(DEFAULT_STRENGTHS)
+    return [v for group in args.strengths for v in (group if isinstance(group, list) else [group])]
+
+
 def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult]:
     """Everything after model loading: estimate, print, generate, report. Takes any aligned / reference pair."""
     from .estimate import estimate_bias
+
+    args.strengths = strengths_of(args)
 
     prompts = load_prompts(args.prompts, args.limit)
     args.out.mkdir(parents=True, exist_ok=True)
