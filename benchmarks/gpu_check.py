@@ -233,8 +233,15 @@ def bench_accumulate(batch, vocab, reps, compiled_ref):
 
 def run_tests():
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/test_gpu.py"], capture_output=True, text=True, timeout=300)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                               os.path.join("tests", "test_gpu.py")], capture_output=True, text=True, timeout=300,
+                              cwd=root)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        print(out[-3000:])
+        return {"returncode": 124, "seconds": round(time.time() - t0, 1), "summary": "timed out after 300 s"}
     tail = (proc.stdout + proc.stderr)[-3000:]
     print(tail)
     return {"returncode": proc.returncode, "seconds": round(time.time() - t0, 1), "summary": tail.strip()
