@@ -15,8 +15,9 @@ Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions
         When it holds more than KEEP (512) keys it is sorted in registers and cut to its KEEP / 2 best (the
         cutoff rises to that key). It lives in a small global scratch [B, S, KEEP + BLOCK] int64 (L1/L2
         resident: Triton has no indexable shared memory). Peaked LLM rows rarely cut at all.
-  kernel 2 `_finish_kernel`, grid (B,): merges the S partials in split order (deterministic), merges the S
-    buffers into the row's top-KEEP prefix (a sort of 2 * KEEP keys per split), then applies the exact HF rule
+  kernel 2 `_finish_kernel`, grid (B,): merges the S partials with one vector load each (fixed reduction
+    order: deterministic), merges the buffers of the splits whose max is near the row max (typically 1-3) into
+    the row's top-KEEP prefix (a sort of 2 * KEEP keys per such split), then applies the exact HF rule
     on the prefix: k-th largest value (ties kept), probabilities exp(s - m) / Z_k, exclusive cumulative sum in
     rank order < p (top token always kept), and Gumbel-max over the kept candidates. The prefix provably
     contains the kept set when (a) no buffer was cut, or (b) top-k: the prefix holds >= k tokens and ends
@@ -33,7 +34,8 @@ select, as torch.topk does). The common case reads the logits once, writes 8 byt
 
 Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 when a bias row applies (fp32 rows,
 L2 hits when rows share positions) + scratch of B * S * (16 + 8 * KEEP) bytes (L2) + 8 * B out.
-B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s; S = 5 splits at B = 64 on 132 SMs, 32 at B = 1.
+B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s. Splits on 132 SMs (~4 programs per SM, so that
+enough 1 KB tiles are in flight): S = 9 at B = 64 (576 programs), 63 at B = 1, 3 at B = 256.
 Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as reference.py
 (on the GPU tl.log is an approximate log, hence "same tokens up to float rounding").
 No host synchronisation: grids and scratch sizes depend on shapes only (CUDA-graph capturable).
