@@ -5,9 +5,11 @@ Semantics are reference.logit_mean_update; per position t with n_b counted rows 
     mean <- mean_a + delta * (n_b / n),  M2 <- M2_a + (M2_b + delta^2 * (n_a * n_b / n)),  count <- n
 
 Three launches, no host synchronisation, no float atomics (the result is bitwise deterministic):
-  1. `_row_stats_kernel`, grid (B * L,): one program per counted (b, t) row; streams the row of `aligned` (and
-     `reference`) once: online max m and log of the sum of exp(x - m) (log_softmax(x) = (x - m) - log_sum as
-     torch computes it), and whether the row has a non-finite input. A bad row writes its flat index b * L + t
+  1. `_row_stats_kernel`, grid (B * L, S1): program (row, j) streams chunk j of a counted (b, t) row of `aligned`
+     (and `reference`) once: online max m and sum of exp(x - m) per chunk (S1 > 1 only when B * L rows alone
+     would leave SMs idle; the merge kernel combines a row's S1 partials with one vector load, fixed order, and
+     uses log_softmax(x) = (x - m) - log(sum) as torch computes it), and whether the row has a non-finite
+     input. A bad row writes its flat index b * L + t
      with an integer atomic_min into one error slot: the minimum is order-independent, so the FIRST bad row
      (smallest (b, t), as the reference reports) wins deterministically.
   2. `_merge_kernel`, grid (L, V / BLOCK_V): tile over V, loop over b inside the program (Welford in fp32
@@ -33,11 +35,26 @@ NO_ERROR = tl.constexpr(2**63 - 1)
 
 
 @triton.jit
+def _online_lse_tile(b_x, m_v, m_run, v_sum):
+    """One tile of an online logsumexp: scalar running max, per-lane sums (one block reduction per tile)."""
+    t_max = tl.max(tl.where(m_v, b_x, float("-inf")), axis=0)
+    m_new = tl.maximum(m_run, t_max)
+    if m_new > float("-inf"):
+        v_sum = v_sum * tl.exp(m_run - m_new) + tl.where(m_v, tl.exp(b_x - m_new), 0.0)
+        m_run = m_new
+    return m_run, v_sum
+
+
+@triton.jit
 def _row_stats_kernel(
-    aligned_ptr, reference_ptr, mask_ptr, lse_ptr, err_ptr, vocab,
+    aligned_ptr, reference_ptr, mask_ptr, part_ptr, err_ptr, vocab, chunk,
     HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Program (row, j): chunk j of row b * L + t. Writes (max, sum of exp(x - max)) of aligned and reference
+    for the chunk to part[row, j]; the merge kernel combines a row's chunks (S1 <= MAX_S1 of them)."""
     i_row = tl.program_id(0)  # flat b * L + t
+    i_c = tl.program_id(1)
+    n_c = tl.num_programs(1)
     counted = True
     if HAS_MASK:
         counted = tl.load(mask_ptr + i_row) != 0
@@ -46,42 +63,52 @@ def _row_stats_kernel(
         p_a = aligned_ptr + i_row.to(tl.int64) * vocab
         p_r = reference_ptr + i_row.to(tl.int64) * vocab
         m_a = float("-inf")
-        s_a = 0.0
         m_r = float("-inf")
-        s_r = 0.0
-        bad = tl.zeros((), tl.int32)
-        for v0 in range(0, vocab, BLOCK):
+        v_sa = tl.zeros((BLOCK,), tl.float32)
+        v_sr = tl.zeros((BLOCK,), tl.float32)
+        v_bad = tl.zeros((BLOCK,), tl.int32)
+        start = i_c * chunk
+        end = tl.minimum(start + chunk, vocab)
+        for v0 in range(start, end, BLOCK):
             o_v = v0 + o_blk
-            m_v = o_v < vocab
+            m_v = o_v < end
             b_a = tl.load(p_a + o_v, mask=m_v, other=0.0).to(tl.float32)
-            bad = bad | tl.max((m_v & ~(tl.abs(b_a) < float("inf"))).to(tl.int32), axis=0)
+            v_bad = v_bad | (m_v & ~(tl.abs(b_a) < float("inf"))).to(tl.int32)
             if NORMALIZE:
-                t_max = tl.max(tl.where(m_v, b_a, float("-inf")), axis=0)
-                m_new = tl.maximum(m_a, t_max)
-                s_a = s_a * tl.exp(m_a - m_new) + tl.sum(tl.where(m_v, tl.exp(b_a - m_new), 0.0), axis=0)
-                m_a = m_new
+                m_a, v_sa = _online_lse_tile(b_a, m_v, m_a, v_sa)
             if HAS_REF:
                 b_r = tl.load(p_r + o_v, mask=m_v, other=0.0).to(tl.float32)
-                bad = bad | tl.max((m_v & ~(tl.abs(b_r) < float("inf"))).to(tl.int32), axis=0)
+                v_bad = v_bad | (m_v & ~(tl.abs(b_r) < float("inf"))).to(tl.int32)
                 if NORMALIZE:
-                    t_max = tl.max(tl.where(m_v, b_r, float("-inf")), axis=0)
-                    m_new = tl.maximum(m_r, t_max)
-                    s_r = s_r * tl.exp(m_r - m_new) + tl.sum(tl.where(m_v, tl.exp(b_r - m_new), 0.0), axis=0)
-                    m_r = m_new
+                    m_r, v_sr = _online_lse_tile(b_r, m_v, m_r, v_sr)
         if NORMALIZE:
-            tl.store(lse_ptr + i_row * 4 + 0, m_a)
-            tl.store(lse_ptr + i_row * 4 + 1, tl.log(s_a))
-            if HAS_REF:
-                tl.store(lse_ptr + i_row * 4 + 2, m_r)
-                tl.store(lse_ptr + i_row * 4 + 3, tl.log(s_r))
-        if bad != 0:
+            o_part = (i_row * n_c + i_c) * 4
+            tl.store(part_ptr + o_part + 0, m_a)
+            tl.store(part_ptr + o_part + 1, tl.sum(v_sa, axis=0))
+            tl.store(part_ptr + o_part + 2, m_r)
+            tl.store(part_ptr + o_part + 3, tl.sum(v_sr, axis=0))
+        if tl.max(v_bad, axis=0) != 0:
             tl.atomic_min(err_ptr, i_row.to(tl.int64))
 
 
 @triton.jit
+def _row_lse(part_ptr, i_row, n_c, which: tl.constexpr, MAX_S1: tl.constexpr):
+    """(max, log sum exp(x - max)) of a row from its n_c chunk partials (fixed order: deterministic)."""
+    o_c = tl.arange(0, MAX_S1)
+    m_c = o_c < n_c
+    o_part = (i_row * n_c + o_c) * 4 + which
+    v_m = tl.load(part_ptr + o_part, mask=m_c, other=float("-inf"))
+    v_s = tl.load(part_ptr + o_part + 1, mask=m_c, other=0.0)
+    m = tl.max(v_m, axis=0)
+    total = tl.sum(tl.where(v_m > float("-inf"), v_s * tl.exp(v_m - m), 0.0), axis=0)
+    return m, tl.log(total)
+
+
+@triton.jit
 def _merge_kernel(
-    mean_ptr, m2_ptr, count_ptr, aligned_ptr, reference_ptr, mask_ptr, lse_ptr, err_ptr, batch, length, vocab,
-    HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_V: tl.constexpr,
+    mean_ptr, m2_ptr, count_ptr, aligned_ptr, reference_ptr, mask_ptr, part_ptr, err_ptr, batch, length, vocab,
+    n_chunks, HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_V: tl.constexpr,
+    MAX_S1: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_v = tl.program_id(1)
@@ -100,11 +127,13 @@ def _merge_kernel(
                 o_row = i_row.to(tl.int64) * vocab
                 b_d = tl.load(aligned_ptr + o_row + o_v, mask=m_v, other=0.0).to(tl.float32)
                 if NORMALIZE:
-                    b_d = (b_d - tl.load(lse_ptr + i_row * 4 + 0)) - tl.load(lse_ptr + i_row * 4 + 1)
+                    m_a, log_a = _row_lse(part_ptr, i_row, n_chunks, 0, MAX_S1)
+                    b_d = (b_d - m_a) - log_a
                 if HAS_REF:
                     b_r = tl.load(reference_ptr + o_row + o_v, mask=m_v, other=0.0).to(tl.float32)
                     if NORMALIZE:
-                        b_r = (b_r - tl.load(lse_ptr + i_row * 4 + 2)) - tl.load(lse_ptr + i_row * 4 + 3)
+                        m_r, log_r = _row_lse(part_ptr, i_row, n_chunks, 2, MAX_S1)
+                        b_r = (b_r - m_r) - log_r
                     b_d = b_d - b_r
                 # Welford: mean_n = mean + (d - mean) / n, M2_n = M2 + (d - mean) * (d - mean_n)
                 n_b += 1.0
@@ -143,10 +172,24 @@ def _count_kernel(count_ptr, mask_ptr, err_ptr, where_ptr, batch, length, HAS_MA
             tl.store(count_ptr + o_t, b_count + b_n, mask=m_t)
 
 
-def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None):
+MAX_S1 = 32
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None):
     """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
     No validation (ops.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
-    counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation."""
+    counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation.
+    Stage 1 splits each row into `splits` chunks when B * L rows alone would leave SMs idle (~4 programs/SM)."""
     batch, length, vocab = aligned.shape
     device = aligned.device
     where = torch.full((2,), -1, dtype=torch.int64, device=device)
@@ -154,18 +197,25 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
         return where
     interp = device.type != "cuda"
     block = block or (256 if interp else 1024)
+    if splits is None:
+        splits = 1 if interp else max(1, min(triton.cdiv(4 * _sm_count(device), batch * length),
+                                             triton.cdiv(vocab, 4 * block), MAX_S1))
+    splits = min(splits, MAX_S1)
+    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
+    splits = triton.cdiv(vocab, chunk)
     has_ref = reference is not None
     has_mask = mask is not None
     ref_arg = reference if has_ref else aligned
     mask_arg = mask.view(torch.uint8) if has_mask else count
-    lse = torch.empty(batch * length * 4, dtype=torch.float32, device=device)
+    part = torch.empty(batch * length * splits * 4, dtype=torch.float32, device=device)
     err = torch.full((1,), 2**63 - 1, dtype=torch.int64, device=device)
     num_warps = 4 if block <= 1024 else 8
-    _row_stats_kernel[(batch * length,)](
-        aligned, ref_arg, mask_arg, lse, err, vocab,
+    _row_stats_kernel[(batch * length, splits)](
+        aligned, ref_arg, mask_arg, part, err, vocab, chunk,
         HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK=block, num_warps=num_warps)
     _merge_kernel[(length, triton.cdiv(vocab, block))](
-        mean, m2, count, aligned, ref_arg, mask_arg, lse, err, batch, length, vocab,
-        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block, num_warps=num_warps)
+        mean, m2, count, aligned, ref_arg, mask_arg, part, err, batch, length, vocab, splits,
+        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block, MAX_S1=MAX_S1,
+        num_warps=num_warps)
     _count_kernel[(1,)](count, mask_arg, err, where, batch, length, HAS_MASK=has_mask, BLOCK_L=128)
     return where

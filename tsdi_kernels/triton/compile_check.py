@@ -76,12 +76,14 @@ def _accumulator_configs(quick: bool):
     for dtype, has_ref, has_mask, normalize in _accumulator_variants(quick):
         cfg = f"{dtype}-ref{int(has_ref)}-mask{int(has_mask)}-norm{int(normalize)}"
         flags = {"HAS_REF": has_ref, "HAS_MASK": has_mask, "NORMALIZE": normalize}
-        sig = {"aligned_ptr": _TY[dtype], "reference_ptr": _TY[dtype], "mask_ptr": "*u8", "lse_ptr": "*fp32",
-               "err_ptr": "*i64", "vocab": "i32"}
+        sig = {"aligned_ptr": _TY[dtype], "reference_ptr": _TY[dtype], "mask_ptr": "*u8", "part_ptr": "*fp32",
+               "err_ptr": "*i64", "vocab": "i32", "chunk": "i32"}
         yield ("accumulate._row_stats_kernel", cfg, True, accumulate._row_stats_kernel, sig,
                dict(flags, BLOCK=block), 4)
-        sig = dict(sig, mean_ptr="*fp32", m2_ptr="*fp32", count_ptr="*i64", batch="i32", length="i32")
-        yield ("accumulate._merge_kernel", cfg, True, accumulate._merge_kernel, sig, dict(flags, BLOCK_V=block), 4)
+        sig = dict(sig, mean_ptr="*fp32", m2_ptr="*fp32", count_ptr="*i64", batch="i32", length="i32",
+                   n_chunks="i32")
+        yield ("accumulate._merge_kernel", cfg, True, accumulate._merge_kernel, sig,
+               dict(flags, BLOCK_V=block, MAX_S1=accumulate.MAX_S1), 4)
     for has_mask in (True, False):
         sig = {"count_ptr": "*i64", "mask_ptr": "*u8", "err_ptr": "*i64", "where_ptr": "*i64", "batch": "i32",
                "length": "i32"}
