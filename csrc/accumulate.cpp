@@ -22,7 +22,7 @@
 #include <limits>
 #include <vector>
 
-#include "sample.h"
+#include "kernels.h"
 #include "vec_util.h"
 
 namespace tsdi {

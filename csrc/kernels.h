@@ -1,4 +1,4 @@
-// CPU implementations of the sampling ops (csrc/sample.cpp); registered in csrc/registration.cpp.
+// The CPU kernels (csrc/sample.cpp, csrc/accumulate.cpp), registered as tsdi::_cpu_* in csrc/registration.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

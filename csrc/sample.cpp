@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "philox.h"
-#include "sample.h"
+#include "kernels.h"
 #include "vec_util.h"
 
 namespace tsdi {
@@ -32,8 +32,9 @@ constexpr int64_t kChunk = 16384;
 // largest values, so the k largest of the chunk are always inside. Small on purpose: a chunk of n random logits
 // inserts about (cap / 2) * (1 + ln(n / cap)) candidates, each compaction is an O(cap) nth_element.
 constexpr int64_t kCapTopK = 128;
-// Capacity of top-p-only rows. If the kept ~kCapTopP / 2 largest of every chunk do not carry top_p of the mass
-// (a flat distribution), the row takes the exact path: a second pass that sorts all finite tokens.
+// Capacity of top-p-only rows. If the candidates do not carry top_p of the mass (a flat distribution), the row
+// takes a bounded second pass: every token above the mass cutoff below (provably enough), sorted; and if even
+// that fails on rounding, the exact path sorts every finite token.
 constexpr int64_t kCapTopP = 4096;
 // The candidates' mass must exceed top_p by this much before tokens outside them are known to be dropped; it
 // covers the rounding differences between our sums and torch.softmax / torch.cumsum.
@@ -116,7 +117,7 @@ template <typename T>
 void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   const T* x = static_cast<const T*>(rp.x);
   const float* bias = rp.bias;
-  const Vec vs(rp.strength), vt(rp.temp), vinf(kInf), vgmax(kGumbelMax);
+  const Vec vs(rp.strength), vt(rp.temp), vgmax(kGumbelMax);
   const bool greedy = rp.mode == Mode::kGreedy, filter = rp.mode == Mode::kFilter;
   Vec nan_acc(0.f), dmax(-kInf);
   const bool mass_cut = filter && rp.gap < kInf;
