@@ -104,18 +104,18 @@ def test_kept_set_over_many_seeds():
     """Tokens drawn with many seeds only ever land in the reference's kept set, and cover it (frequencies
     agree with the exact probabilities through identical draws: the seeds are the same as the reference's)."""
     gen = torch.Generator().manual_seed(2)
-    vocab = 300
+    vocab = 256
     row = torch.randn(vocab, generator=gen) * 1.5
-    n = 96
+    n = 64
     args = dict(logits=row.expand(n, vocab).contiguous(), bias=None, positions=torch.full((n,), 3),
                 temperature=torch.full((n,), 0.9), top_k=torch.full((n,), 12), top_p=torch.full((n,), 0.85),
                 seed=torch.arange(n) * 31 + 5, strength=1.0)
-    got = _triton(args, block=128, keep=128)
+    got = _triton(args, block=256, keep=256)
     probs = _ref_probs(args)[0]
     kept = set(torch.nonzero(probs > 0)[:, 0].tolist())
     assert set(got.tolist()) <= kept
     assert (got == _ref(args)).float().mean() >= 0.99
-    # the most likely kept token is drawn about as often as its probability says (96 draws, 5 sigma)
+    # the most likely kept token is drawn about as often as its probability says (64 draws, 5 sigma)
     top = int(probs.argmax())
     freq = (got == top).float().mean().item()
     sigma = (probs[top] * (1 - probs[top]) / n).sqrt().item()
@@ -125,7 +125,7 @@ def test_kept_set_over_many_seeds():
 def test_batch_invariance():
     """A row's token depends on its (logits, parameters, seed, position) only, not on its batch neighbours."""
     gen = torch.Generator().manual_seed(3)
-    names, args = _batch(700, torch.float32, 1, gen)
+    names, args = _batch(400, torch.float32, 1, gen)
     full = _triton(args, block=64, keep=64, splits=2)
     perm = torch.randperm(len(names), generator=gen)
     sub = perm[:5]
