@@ -6,6 +6,7 @@ buffers / splits that exercise every path (buffer cuts, split merge, the exact f
 import pytest
 import torch
 
+import tsdi_kernels
 from tsdi_kernels import reference
 
 triton_kernels = pytest.importorskip("tsdi_kernels.triton")
@@ -85,8 +86,8 @@ def _ref_probs(args):
 @pytest.mark.parametrize("cfg,dtype", [("default", torch.float32), ("small", torch.bfloat16)],
                          ids=["fp32-default", "bf16-small"])
 def test_tokens_match_reference_mixed_batch(cfg, dtype):
-    """Same seeds -> same tokens as the reference (>= 99%; exact unless two candidates are within rounding),
-    and every token inside the reference's kept set (support)."""
+    """Same seeds -> same tokens as the reference and the CPU kernel (>= 99%; exact unless two candidates are
+    within rounding), and every token inside the reference's kept set (support)."""
     gen = torch.Generator().manual_seed(1)
     names, args = _batch(1000, dtype, 2, gen)
     got = _triton(args, **CONFIGS[cfg])
@@ -98,6 +99,10 @@ def test_tokens_match_reference_mixed_batch(cfg, dtype):
     agree = (got == want).float().mean().item()
     mismatched = sorted({n for n, g, w in zip(names, got, want) if g != w})
     assert agree >= 0.99, (agree, mismatched)
+    # and the CPU kernel (torch.ops.tsdi on CPU: the C++ extension when built, else the reference)
+    cpu = torch.ops.tsdi.debias_sample(args["logits"], args["bias"], args["positions"], args["temperature"],
+                                       args["top_k"], args["top_p"], args["seed"], args["strength"])
+    assert (got == cpu).float().mean().item() >= 0.99, tsdi_kernels.backends()["debias_sample"]
 
 
 def test_kept_set_over_many_seeds():
