@@ -187,16 +187,6 @@ void run(at::Tensor& mean, at::Tensor& m2, at::Tensor& count, const at::Tensor& 
   });
 }
 
-template <typename F>
-void dispatch(at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: f(float{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, "tsdi: unsupported logits dtype ", dt);
-  }
-}
-
 }  // namespace
 
 at::Tensor logit_mean_update_cpu(at::Tensor mean, at::Tensor m2, at::Tensor count, const at::Tensor& aligned,
@@ -227,8 +217,8 @@ at::Tensor logit_mean_update_cpu(at::Tensor mean, at::Tensor m2, at::Tensor coun
   const bool* pmask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
   const at::Tensor* pref = reference.has_value() ? &*reference : nullptr;
   const auto rdt = pref ? pref->scalar_type() : aligned.scalar_type();
-  dispatch(aligned.scalar_type(), [&](auto ta) {
-    dispatch(rdt, [&](auto tr) {
+  dispatch_logit_dtype(aligned.scalar_type(), [&](auto ta) {
+    dispatch_logit_dtype(rdt, [&](auto tr) {
       run<decltype(ta), decltype(tr)>(mean, m2, count, aligned, pref, pmask, normalize, where.data_ptr<int64_t>());
     });
   });

@@ -523,16 +523,6 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
   });
 }
 
-template <typename F>
-void dispatch(at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: f(float{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, "tsdi: unsupported logits dtype ", dt);
-  }
-}
-
 }  // namespace
 
 at::Tensor debias_sample_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
@@ -541,7 +531,7 @@ at::Tensor debias_sample_cpu(const at::Tensor& logits, const std::optional<at::T
   const Problem pb{logits, bias, positions, temperature, top_k, top_p, seed, strength};
   check_inputs(pb, true);
   auto tokens = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
-  dispatch(logits.scalar_type(), [&](auto tag) {
+  dispatch_logit_dtype(logits.scalar_type(), [&](auto tag) {
     run<decltype(tag)>(pb, false, tokens.data_ptr<int64_t>(), nullptr, nullptr);
   });
   return tokens;
@@ -555,7 +545,7 @@ std::tuple<at::Tensor, at::Tensor> debias_probs_cpu(const at::Tensor& logits, co
   check_inputs(pb, false);
   auto probs = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(at::kFloat));
   auto status = at::zeros({logits.size(0)}, logits.options().dtype(at::kLong));
-  dispatch(logits.scalar_type(), [&](auto tag) {
+  dispatch_logit_dtype(logits.scalar_type(), [&](auto tag) {
     run<decltype(tag)>(pb, true, nullptr, probs.data_ptr<float>(), status.data_ptr<int64_t>());
   });
   return {probs, status};

@@ -6,6 +6,8 @@
 #include <limits>
 
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -75,6 +77,17 @@ inline int movemask(const Vec& m) {
   }
   return bits;
 #endif
+}
+
+// Calls f(T{}) with T the C++ type of a logits dtype (float32 / bfloat16 / float16): one instantiation each.
+template <typename F>
+void dispatch_logit_dtype(at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: f(float{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    default: TORCH_CHECK(false, "tsdi: unsupported logits dtype ", dt);
+  }
 }
 
 }  // namespace tsdi

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import sm_count
+
 NO_ERROR = tl.constexpr(2**63 - 1)
 
 
@@ -173,16 +175,6 @@ def _count_kernel(count_ptr, mask_ptr, err_ptr, where_ptr, batch, length, HAS_MA
 
 
 MAX_S1 = 32
-_SM_COUNT: dict = {}
-
-
-def _sm_count(device) -> int:
-    if device.type != "cuda":
-        return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
 
 
 def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None):
@@ -198,7 +190,7 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
     interp = device.type != "cuda"
     block = block or (256 if interp else 1024)
     if splits is None:
-        splits = 1 if interp else max(1, min(triton.cdiv(4 * _sm_count(device), batch * length),
+        splits = 1 if interp else max(1, min(triton.cdiv(4 * sm_count(device), batch * length),
                                              triton.cdiv(vocab, 4 * block), MAX_S1))
     splits = min(splits, MAX_S1)
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block

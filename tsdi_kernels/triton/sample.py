@@ -49,6 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import sm_count
+
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
 # an approximate log on the GPU. A tile whose max s + G_MAX cannot beat the running best needs no noise.
 G_MAX = tl.constexpr(20.0)
@@ -409,16 +411,6 @@ def _fallback_kernel(
 # --- launcher -------------------------------------------------------------------------------------------------
 
 MAX_SPLITS = 64
-_SM_COUNT: dict = {}
-
-
-def _sm_count(device) -> int:
-    if device.type != "cuda":
-        return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
 
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
@@ -452,7 +444,7 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     out = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return out
-    cfg = plan(batch, vocab, device.type, _sm_count(device), block, keep, splits)
+    cfg = plan(batch, vocab, device.type, sm_count(device), block, keep, splits)
     block, keep, splits, chunk = cfg["block"], cfg["keep"], cfg["splits"], cfg["chunk"]
     has_bias = bias is not None and bias.shape[0] > 0
     bias_arg = bias if has_bias else logits
