@@ -12,7 +12,7 @@ TSDI removes.
 Output: tsdi_kernels/data/smollm2_safety_lora.safetensors with `<module>.lora_A` [r, in] and `<module>.lora_B`
 [out, r] in float16 and the merge scale in the metadata; tsdi_kernels.models.load_pair merges it.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/align.py    # about 10 minutes on 2 busy CPU cores
+    OMP_WAIT_POLICY=PASSIVE python scripts/align.py    # ~13 min on 2 shared CPU cores (+4 min evaluation)
 (PASSIVE: on a shared machine, spinning OpenMP threads made each forward 3-4x slower.)
     python scripts/align.py --eval-only     # refusal rates of reference and aligned on the held-out prompts
 """
