@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .argtypes import existing_file, nonneg_int, number, positive_int
+
 PROG = "tsdi"
 
 
@@ -27,49 +29,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message; we print one line
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-# --- argument types: each names the problem in one line --------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _float(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value != value or (low is not None and (value < low or (low_open and value == low))) or (
-                high is not None and value > high):
-            bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {text!r}")
-        return value
-    return parse
-
-
-def _existing_file(text: str) -> str:
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
-    return text
 
 
 # --- parser ----------------------------------------------------------------------------------------------------
@@ -105,14 +64,14 @@ def _add_estimate(sub) -> None:
     p.add_argument("--reference", required=True, help="reference (pre-alignment) model: local folder or HF id")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id (default: the aligned model's)")
     p.add_argument("-o", "--output", required=True, help="where to write the bias table (.safetensors)")
-    p.add_argument("--num-prompts", type=_positive_int, default=1024,
+    p.add_argument("--num-prompts", type=positive_int, default=1024,
                    help="random prompts to average over; the standard error falls as 1/sqrt(N) (default: 1024)")
-    p.add_argument("--length", type=_positive_int, default=16,
+    p.add_argument("--length", type=positive_int, default=16,
                    help="L, the number of answer positions the table covers (default: 16)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default: 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass (default: 8)")
     p.add_argument("--pool", default="vocab", help="where random prompt tokens come from: 'vocab' (uniform over "
                    "the non-special vocabulary) or a UTF-8 text file whose tokens are drawn (default: vocab)")
-    p.add_argument("--prompt-tokens", type=_nonneg_int, nargs=2, default=(8, 32), metavar=("MIN", "MAX"),
+    p.add_argument("--prompt-tokens", type=nonneg_int, nargs=2, default=(8, 32), metavar=("MIN", "MAX"),
                    help="range of the random user message length in tokens (default: 8 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt stream (default: 0)")
     p.add_argument("--raw-logits", action="store_true",
@@ -121,7 +80,7 @@ def _add_estimate(sub) -> None:
                    help="do not wrap prompts in the tokenizer's chat template")
     p.add_argument("--checkpoint", default=None, help="checkpoint file: resumed from if present, written every "
                    "--checkpoint-every batches and on Ctrl-C")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=16,
+    p.add_argument("--checkpoint-every", type=positive_int, default=16,
                    help="batches between checkpoints (default: 16)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_model_options(p)
@@ -135,8 +94,8 @@ def _add_inspect(sub) -> None:
     p.add_argument("table", help="bias table file (.safetensors) written by `tsdi estimate`")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id to print token texts (default: the "
                    "aligned model recorded in the table, when it is a local folder)")
-    p.add_argument("--top", type=_positive_int, default=5, help="tokens per position (default: 5)")
-    p.add_argument("--positions", type=_positive_int, default=None, help="positions to show (default: all)")
+    p.add_argument("--top", type=positive_int, default=5, help="tokens per position (default: 5)")
+    p.add_argument("--positions", type=positive_int, default=None, help="positions to show (default: all)")
     p.add_argument("--bottom", action="store_true", help="show the most disfavoured tokens instead")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also draw a heatmap of the largest biases by position (needs matplotlib)")
@@ -148,20 +107,20 @@ def _add_generate(sub) -> None:
                        description="Generate answers with the TSDI bias subtracted from the first L steps, using "
                        "the fused debias + sampling op (or HF's generate with a logits processor, --hf).")
     p.add_argument("--model", required=True, help="model to generate with (the aligned model): folder or HF id")
-    p.add_argument("--bias", type=_existing_file, default=None, help="bias table (.safetensors); without it, "
+    p.add_argument("--bias", type=existing_file, default=None, help="bias table (.safetensors); without it, "
                    "plain generation")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id (default: the model's)")
     p.add_argument("--prompt", action="append", default=[], help="a user message (repeat for a batch)")
-    p.add_argument("--prompts-file", type=_existing_file, default=None, help="a file with one user message a line")
-    p.add_argument("--strength", type=_float(), default=1.0, help="multiplier of the bias (default: 1.0)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64,
+    p.add_argument("--prompts-file", type=existing_file, default=None, help="a file with one user message a line")
+    p.add_argument("--strength", type=number(), default=1.0, help="multiplier of the bias (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="tokens to generate per prompt (default: 64)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
-    p.add_argument("--temperature", type=_float(0.0, None, low_open=True), default=1.0,
+    p.add_argument("--temperature", type=number(0.0, None, low_open=True), default=1.0,
                    help="sampling temperature, > 0 (default: 1.0; use --greedy for argmax)")
-    p.add_argument("--top-k", type=_nonneg_int, default=50,
+    p.add_argument("--top-k", type=nonneg_int, default=50,
                    help="keep the k most likely tokens; 0 disables (default: 50, as HF)")
-    p.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0,
+    p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=1.0,
                    help="nucleus sampling mass in (0, 1]; 1 disables (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="row b samples with seed + b (default: 0)")
     p.add_argument("--hf", action="store_true", help="use model.generate with TSDILogitsProcessor instead of the "

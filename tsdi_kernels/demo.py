@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .argtypes import number, number_list, positive_int
 from .refusal import refusal_reason
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
@@ -32,35 +33,6 @@ DEFAULT_STRENGTHS = (0.5, 1.0, 1.5)
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-def _strengths(text: str) -> list[float]:
-    try:
-        values = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 or v != v for v in values):
-        raise argparse.ArgumentTypeError(f"expected one or more non-negative numbers, got {text!r}")
-    return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (used by `tsdi demo` and `python -m tsdi_kernels.demo`)."""
@@ -77,20 +49,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, default=None,
                    help="JSON with lists 'harmless' and 'harmful' of held-out prompts "
                         "(default: tsdi_kernels/data/heldout_prompts.json)")
-    p.add_argument("--limit", type=_positive, default=None, help="use only the first N prompts of each list")
-    p.add_argument("--num-prompts", type=_positive, default=64, help="random prompts for the bias estimate (default: %(default)s)")
-    p.add_argument("--length", "-L", type=_positive, default=8, help="L: answer positions the bias covers (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive, default=16, help="random prompts per estimation batch (default: %(default)s)")
-    p.add_argument("--strengths", type=_strengths, nargs="+", default=None, metavar="S",
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N prompts of each list")
+    p.add_argument("--num-prompts", type=positive_int, default=64, help="random prompts for the bias estimate (default: %(default)s)")
+    p.add_argument("--length", "-L", type=positive_int, default=8, help="L: answer positions the bias covers (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="random prompts per estimation batch (default: %(default)s)")
+    p.add_argument("--strengths", type=number_list, nargs="+", default=None, metavar="S",
                    help="TSDI strengths to evaluate, space- or comma-separated (default: 0.5 1 1.5)")
-    p.add_argument("--max-new-tokens", type=_positive, default=24,
+    p.add_argument("--max-new-tokens", type=positive_int, default=24,
                    help="answer tokens generated per prompt (refusals show in the first tokens) (default: %(default)s)")
-    p.add_argument("--gen-batch-size", type=_positive, default=40, help="prompts generated together (default: %(default)s)")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
+    p.add_argument("--gen-batch-size", type=positive_int, default=40, help="prompts generated together (default: %(default)s)")
+    p.add_argument("--temperature", type=number(0.0), default=0.0,
                    help="0 = greedy; > 0 samples with --seed (top-p 0.9) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and of sampling (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default) (default: %(default)s)")
-    p.add_argument("--top", type=_positive, default=6, help="most biased tokens printed per position (default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=6, help="most biased tokens printed per position (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
