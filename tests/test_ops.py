@@ -504,3 +504,29 @@ def test_torch_compile_fullgraph(backend):
     torch.compile(accumulate, fullgraph=True, backend="aot_eager")(*s_comp, aligned, ref)
     for a, b in zip(s_eager, s_comp):
         assert torch.equal(a, b)
+
+
+def test_package_works_without_the_extension():
+    """A machine whose torch differs from the build's cannot load _C: the package must still import, say so in
+    backends(), and serve every op from the reference (simulated with TSDI_DISABLE_EXTENSION=1)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, tsdi_kernels\n"
+        "from tsdi_kernels import ops\n"
+        "assert not ops.HAS_EXTENSION and 'TSDI_DISABLE_EXTENSION' in ops.EXTENSION_ERROR\n"
+        "assert all(v['cpu'] == 'reference' for v in tsdi_kernels.backends().values())\n"
+        "x = torch.randn(3, 50)\n"
+        "t = torch.compile(lambda x: tsdi_kernels.debias_sample(x, top_k=5, seed=torch.arange(3)), fullgraph=True)(x)\n"
+        "assert t.shape == (3,) and (tsdi_kernels.debias_probs(x, top_k=5)[torch.arange(3), t] > 0).all()\n"
+        "acc = tsdi_kernels.LogitMeanAccumulator(2, 50); acc.update(torch.randn(4, 2, 50), torch.randn(4, 2, 50))\n"
+        "assert acc.count.tolist() == [4, 4]\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, TSDI_DISABLE_EXTENSION="1")
+    env.pop("TSDI_CPU_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
