@@ -91,6 +91,18 @@ def debias_probs(
     return torch.ops.tsdi.debias_probs(logits, bias, positions, temperature, top_k, top_p, float(strength))
 
 
+def sample_variance(m2: Tensor, count: Tensor) -> Tensor:
+    """Unbiased variance [L, V] from Welford's M2 [L, V] and count [L]: M2 / (n - 1), NaN where n < 2."""
+    n = count.to(torch.float32)[:, None]
+    return torch.where(n > 1, m2 / (n - 1).clamp(min=1), torch.full_like(m2, math.nan))
+
+
+def standard_error(m2: Tensor, count: Tensor) -> Tensor:
+    """Standard error of the mean [L, V]: sqrt(variance / n)."""
+    n = count.to(torch.float32)[:, None]
+    return torch.sqrt(sample_variance(m2, count) / n.clamp(min=1))
+
+
 class LogitMeanAccumulator:
     """Running mean / M2 / count over [L, V] of log_softmax(aligned) - log_softmax(reference).
 
@@ -119,13 +131,11 @@ class LogitMeanAccumulator:
 
     def variance(self) -> Tensor:
         """Unbiased sample variance [L, V] (NaN where fewer than two rows were seen)."""
-        n = self.count.to(torch.float32)[:, None]
-        return torch.where(n > 1, self.m2 / (n - 1).clamp(min=1), torch.full_like(self.m2, math.nan))
+        return sample_variance(self.m2, self.count)
 
     def stderr(self) -> Tensor:
         """Standard error of the mean [L, V]: sqrt(variance / count)."""
-        n = self.count.to(torch.float32)[:, None]
-        return torch.sqrt(self.variance() / n.clamp(min=1))
+        return standard_error(self.m2, self.count)
 
     def merge(self, mean: Tensor, m2: Tensor, count: Tensor) -> None:
         """Chan's parallel merge of another accumulator's statistics (e.g. from another rank) into this one."""

@@ -19,6 +19,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from .api import sample_variance, standard_error
+
 FORMAT_VERSION = 1
 # What a table records about how it was made (all optional when loading; the format version is not).
 METADATA_KEYS = (
@@ -88,13 +90,11 @@ class BiasTable:
 
     @property
     def variance(self) -> Tensor:
-        n = self.count.to(torch.float32)[:, None]
-        return torch.where(n > 1, self.m2 / (n - 1).clamp(min=1), torch.full_like(self.m2, math.nan))
+        return sample_variance(self.m2, self.count)
 
     @property
     def stderr(self) -> Tensor:
-        n = self.count.to(torch.float32)[:, None]
-        return torch.sqrt(self.variance / n.clamp(min=1))
+        return standard_error(self.m2, self.count)
 
     @classmethod
     def from_accumulator(cls, acc, metadata: Optional[dict] = None) -> "BiasTable":
