@@ -1,23 +1,28 @@
 """Builds the C++ CPU kernels as tsdi_kernels._C.
 
 Build against the torch that is already installed:  pip install --no-build-isolation -e .
-TSDI_NO_EXTENSION=1 skips the extension (the package then runs its ops on the pure-PyTorch reference).
+TSDI_DISABLE_EXTENSION=1 skips the extension (the package then runs its CPU ops on the pure-PyTorch reference); the
+same variable makes an installed package ignore a built extension at import.
 No hardware is probed here: the kernels are compiled for a fixed ISA level (AVX2 + FMA, x86-64-v3) chosen by
 TSDI_CPU_ARCH (default "x86-64-v3"; set "" to use the compiler default)."""
 import glob
 import os
 import platform
+import runpy
 
 from setuptools import setup
 
 ext_modules, cmdclass = [], {}
-if os.environ.get("TSDI_NO_EXTENSION", "0") != "1":
+if os.environ.get("TSDI_DISABLE_EXTENSION", "0") != "1":
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     arch = os.environ.get("TSDI_CPU_ARCH", "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "")
     # -ffp-contract=off: no fused multiply-adds behind our back, so `logits - strength * bias` and `z / T` round
     # exactly as torch's separate kernels do (the C++ tokens must equal the reference's). C++20: torch's headers.
-    cxx = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000", "-std=c++20", "-ffp-contract=off"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20", "-ffp-contract=off"]
+    # Row status codes are written once, in tsdi_kernels/kernels/status.py (a file without imports).
+    status = runpy.run_path(os.path.join("tsdi_kernels", "kernels", "status.py"))
+    cxx += [f"-DTSDI_{name}={status[name]}" for name in ("ERR_NAN", "ERR_NO_FINITE")]
     # One AVX2 build, no AVX-512 variant with run-time dispatch. Measured on the 2-core AMD EPYC development machine
     # (AVX2 + FMA, no AVX-512), 1 thread, B=8, V=128256 fp32 (8.2 MB of logits + bias rows per call):
     #   - torch's own vectorised sum of the same bytes: 0.17 ms (50 GB/s), the memory floor;
@@ -41,13 +46,8 @@ if os.environ.get("TSDI_NO_EXTENSION", "0") != "1":
             sorted(glob.glob("csrc/*.cpp")),
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
-            py_limited_api=True,
         )
     )
     cmdclass = {"build_ext": BuildExtension}
 
-setup(
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -51,7 +51,7 @@ def case(request):
 class SamplingTimer:
     """Times the sampling step inside a real generate call by wrapping what each pipeline calls per step:
     HF: LogitsProcessorList.__call__ (TSDI processor + warpers), softmax and torch.multinomial;
-    fused: tsdi_kernels.hf.debias_sample. Used for one extra, unbenchmarked call."""
+    fused: tsdi_kernels.integrations.hf.debias_sample. Used for one extra, unbenchmarked call."""
 
     def __init__(self, monkeypatch, role):
         self.seconds = 0.0

@@ -192,26 +192,22 @@ void run(at::Tensor& mean, at::Tensor& m2, at::Tensor& count, const at::Tensor& 
 at::Tensor logit_mean_update_cpu(at::Tensor mean, at::Tensor m2, at::Tensor count, const at::Tensor& aligned,
                                  const std::optional<at::Tensor>& reference, const std::optional<at::Tensor>& mask,
                                  bool normalize) {
-  TORCH_CHECK(aligned.device().is_cpu() && aligned.dim() == 3 && aligned.is_contiguous(),
-              "tsdi: `aligned` must be a contiguous CPU tensor [B, L, V]");
-  const int64_t batch = aligned.size(0), length = aligned.size(1), vocab = aligned.size(2);
-  for (const at::Tensor* s : {&mean, &m2}) {
-    TORCH_CHECK(s->device().is_cpu() && s->scalar_type() == at::kFloat && s->is_contiguous() && s->dim() == 2 &&
-                    s->size(0) == length && s->size(1) == vocab,
-                "tsdi: `mean` and `m2` must be contiguous float32 [L, V]");
-  }
-  TORCH_CHECK(count.device().is_cpu() && count.scalar_type() == at::kLong && count.is_contiguous() &&
-                  count.dim() == 1 && count.size(0) == length,
-              "tsdi: `count` must be contiguous int64 [L]");
-  if (reference.has_value()) {
-    TORCH_CHECK(reference->device().is_cpu() && reference->is_contiguous() && reference->sizes() == aligned.sizes(),
-                "tsdi: `reference` must be a contiguous CPU tensor shaped like `aligned`");
-  }
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->device().is_cpu() && mask->scalar_type() == at::kBool && mask->is_contiguous() &&
-                    mask->dim() == 2 && mask->size(0) == batch && mask->size(1) == length,
-                "tsdi: `mask` must be a contiguous bool tensor [B, L]");
-  }
+  // Memory-safety preconditions only: tsdi_kernels/kernels/accumulate/op.py validates the arguments (once).
+  const bool shape_ok = aligned.device().is_cpu() && aligned.dim() == 3 && aligned.is_contiguous();
+  const int64_t batch = shape_ok ? aligned.size(0) : 0, length = shape_ok ? aligned.size(1) : 0,
+                vocab = shape_ok ? aligned.size(2) : 0;
+  auto stats_ok = [&](const at::Tensor& s) {
+    return s.device().is_cpu() && s.scalar_type() == at::kFloat && s.is_contiguous() && s.dim() == 2 &&
+           s.size(0) == length && s.size(1) == vocab;
+  };
+  const bool ok =
+      shape_ok && stats_ok(mean) && stats_ok(m2) && count.device().is_cpu() && count.scalar_type() == at::kLong &&
+      count.is_contiguous() && count.dim() == 1 && count.size(0) == length &&
+      (!reference.has_value() ||
+       (reference->device().is_cpu() && reference->is_contiguous() && reference->sizes() == aligned.sizes())) &&
+      (!mask.has_value() || (mask->device().is_cpu() && mask->scalar_type() == at::kBool && mask->is_contiguous() &&
+                             mask->dim() == 2 && mask->size(0) == batch && mask->size(1) == length));
+  TORCH_INTERNAL_ASSERT(ok, "tsdi_kernels._C: invalid arguments; call torch.ops.tsdi.*, which validates them");
   auto where = at::full({2}, -1, aligned.options().dtype(at::kLong));
   if (batch == 0 || length == 0 || vocab == 0) return where;
   const bool* pmask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;

@@ -1,4 +1,4 @@
-// The CPU kernels (csrc/sample.cpp, csrc/accumulate.cpp), registered as tsdi::_cpu_* in csrc/registration.cpp.
+// The CPU kernels (csrc/sample.cpp, csrc/accumulate.cpp), exposed to Python by csrc/bindings.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -17,7 +17,7 @@ std::tuple<at::Tensor, at::Tensor> debias_probs_cpu(const at::Tensor& logits, co
                                                     const at::Tensor& top_k, const at::Tensor& top_p,
                                                     double strength);
 
-// Test hook: uniforms u(seed, position, token) of broadcast int64 tensors, from the kernels' Philox.
+// Uniforms u(seed, position, token) of broadcast int64 tensors, from the kernels' Philox.
 at::Tensor philox_uniform_cpu(const at::Tensor& seed, const at::Tensor& positions, const at::Tensor& tokens);
 
 at::Tensor logit_mean_update_cpu(at::Tensor mean, at::Tensor m2, at::Tensor count, const at::Tensor& aligned,

@@ -48,8 +48,12 @@ inline float mass_cutoff_gap(float p, int64_t vocab) {
   return rest > 0 ? static_cast<float>(std::log(static_cast<double>(vocab) / rest)) : kInf;
 }
 
-constexpr int64_t ERR_NAN = -1;       // reference.ERR_NAN
-constexpr int64_t ERR_NO_FINITE = -2;  // reference.ERR_NO_FINITE
+// Row status codes come from tsdi_kernels/kernels/status.py (setup.py passes them as -DTSDI_ERR_*).
+#if !defined(TSDI_ERR_NAN) || !defined(TSDI_ERR_NO_FINITE)
+#error "build with setup.py: it defines TSDI_ERR_* from tsdi_kernels/kernels/status.py"
+#endif
+constexpr int64_t ERR_NAN = TSDI_ERR_NAN;
+constexpr int64_t ERR_NO_FINITE = TSDI_ERR_NO_FINITE;
 
 enum class Mode { kGreedy, kFull, kFilter };
 
@@ -329,29 +333,24 @@ struct Problem {
   double strength;
 };
 
+// Memory-safety preconditions only: the user-facing validation (messages naming the argument) is done once, in
+// tsdi_kernels/kernels/sampling/op.py, before these kernels are called.
 void check_inputs(const Problem& pb, bool with_seed) {
   const auto& lg = pb.logits;
-  TORCH_CHECK(lg.device().is_cpu() && lg.dim() == 2, "tsdi: `logits` must be a 2-D CPU tensor");
-  TORCH_CHECK(lg.scalar_type() == at::kFloat || lg.scalar_type() == at::kBFloat16 || lg.scalar_type() == at::kHalf,
-              "tsdi: `logits` must be float32, bfloat16 or float16");
-  TORCH_CHECK(lg.size(1) == 1 || lg.stride(1) == 1, "tsdi: `logits` must have unit stride along V");
-  TORCH_CHECK(lg.size(1) > 0 && lg.size(1) < (int64_t{1} << 31), "tsdi: `logits` V must be in [1, 2^31)");
-  const int64_t batch = lg.size(0), vocab = lg.size(1);
-  if (pb.bias.has_value()) {
-    const auto& b = *pb.bias;
-    TORCH_CHECK(b.device().is_cpu() && b.dim() == 2 && b.scalar_type() == at::kFloat && b.is_contiguous() &&
-                    b.size(1) == vocab,
-                "tsdi: `bias` must be a contiguous float32 CPU tensor [L, V]");
-  }
-  auto row = [&](const at::Tensor& t, at::ScalarType dt, const char* name) {
-    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dt, "tsdi: `", name,
-                "` must be a CPU tensor [B] of ", dt);
+  const int64_t batch = lg.dim() == 2 ? lg.size(0) : -1, vocab = lg.dim() == 2 ? lg.size(1) : -1;
+  auto row_ok = [&](const at::Tensor& t, at::ScalarType dt) {
+    return t.device().is_cpu() && t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dt && t.is_contiguous();
   };
-  row(pb.positions, at::kLong, "positions");
-  row(pb.temperature, at::kFloat, "temperature");
-  row(pb.top_k, at::kLong, "top_k");
-  row(pb.top_p, at::kFloat, "top_p");
-  if (with_seed) row(pb.seed, at::kLong, "seed");
+  const bool ok =
+      lg.device().is_cpu() && lg.dim() == 2 && vocab > 0 && vocab < (int64_t{1} << 31) &&
+      (vocab == 1 || lg.stride(1) == 1) &&
+      (lg.scalar_type() == at::kFloat || lg.scalar_type() == at::kBFloat16 || lg.scalar_type() == at::kHalf) &&
+      (!pb.bias.has_value() || (pb.bias->device().is_cpu() && pb.bias->dim() == 2 &&
+                                pb.bias->scalar_type() == at::kFloat && pb.bias->is_contiguous() &&
+                                pb.bias->size(1) == vocab)) &&
+      row_ok(pb.positions, at::kLong) && row_ok(pb.temperature, at::kFloat) && row_ok(pb.top_k, at::kLong) &&
+      row_ok(pb.top_p, at::kFloat) && (!with_seed || row_ok(pb.seed, at::kLong));
+  TORCH_INTERNAL_ASSERT(ok, "tsdi_kernels._C: invalid arguments; call torch.ops.tsdi.*, which validates them");
 }
 
 // Runs both ops: tokens (debias_sample) or probabilities (debias_probs, out != nullptr).
@@ -554,7 +553,7 @@ std::tuple<at::Tensor, at::Tensor> debias_probs_cpu(const at::Tensor& logits, co
 at::Tensor philox_uniform_cpu(const at::Tensor& seed, const at::Tensor& positions, const at::Tensor& tokens) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && positions.scalar_type() == at::kLong &&
                   tokens.scalar_type() == at::kLong,
-              "tsdi: _cpu_philox_uniform takes int64 tensors");
+              "tsdi_kernels._C.philox_uniform takes int64 tensors");
   auto bt = at::broadcast_tensors({seed, positions, tokens});
   const auto s = bt[0].contiguous(), p = bt[1].contiguous(), t = bt[2].contiguous();
   auto out = at::empty(s.sizes(), s.options().dtype(at::kFloat));

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from tiny_models import single_thread, tiny_tokenizer
 
 import tsdi_kernels
-from tsdi_kernels import BiasTable, LogitMeanAccumulator
-from tsdi_kernels.bias import FORMAT_VERSION, tokenizer_fingerprint
+from tsdi_kernels import BiasTable
+from tsdi_kernels.pipeline.bias import FORMAT_VERSION, tokenizer_fingerprint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,17 +26,17 @@ def tok():
 def make_table(tok, length=3, rows=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     vocab = len(tok)
-    acc = LogitMeanAccumulator(length, vocab)
+    acc = BiasTable.empty(length, vocab)
     acc.update(torch.randn(rows, length, vocab, generator=gen), torch.randn(rows, length, vocab, generator=gen))
     meta = {"aligned": "a", "reference": "r", "tokenizer_fingerprint": tokenizer_fingerprint(tok), "seed": seed,
             "prompt_tokens": [8, 32], "normalize": True}
-    return BiasTable.from_accumulator(acc, meta), acc
+    return acc.copy(metadata=meta), acc
 
 
 def test_statistics_match_the_accumulator(tok):
     table, acc = make_table(tok)
     assert (table.length, table.vocab_size) == (3, len(tok))
-    torch.testing.assert_close(table.stderr, acc.stderr())
+    torch.testing.assert_close(table.stderr, acc.stderr)
     assert table.count.tolist() == [16, 16, 16]
     assert "L=3" in repr(table)
 

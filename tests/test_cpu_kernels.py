@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tsdi_kernels import ops, reference
+from tsdi_kernels.kernels import library as ops
+from tsdi_kernels.kernels import status as status_codes
+from tsdi_kernels.kernels.accumulate import reference as acc_reference
+from tsdi_kernels.kernels.sampling import philox, reference
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason=f"C++ extension not built: {ops.EXTENSION_ERROR}")
 
@@ -70,7 +73,7 @@ def sampling_case(batch, vocab, dtype, *, bias_rows=4, strength=1.0, **kw):
 
 
 def assert_same_tokens(args):
-    got = torch.ops.tsdi._cpu_debias_sample(*args)
+    got = ops.EXTENSION.debias_sample(*args)
     want = reference.debias_sample(*args)
     mismatch = (got != want).nonzero().flatten().tolist()
     assert not mismatch, f"rows {mismatch}: cpp {got[mismatch].tolist()} vs reference {want[mismatch].tolist()}"
@@ -92,7 +95,7 @@ def top_p_borderline_rows(logits, bias, positions, temperature, top_k, top_p, st
 
 def assert_same_probs(args):
     probs_args = args[:6] + args[7:]
-    got, status = torch.ops.tsdi._cpu_debias_probs(*probs_args)
+    got, status = ops.EXTENSION.debias_probs(*probs_args)
     want, want_status = reference.debias_probs(*probs_args)
     assert torch.equal(status, want_status)
     exact = ~top_p_borderline_rows(*probs_args)
@@ -189,12 +192,12 @@ def test_status_codes():
     positions = torch.tensor([1, 1, 1, 1, 0, 1])
     temperature, top_k, top_p, seed = row_params(6)
     args = (logits, bias, positions, temperature, top_k, top_p, seed, 1.0)
-    tokens = torch.ops.tsdi._cpu_debias_sample(*args)
-    assert tokens[:4].tolist() == [reference.ERR_NAN, reference.ERR_NO_FINITE, reference.ERR_NO_FINITE,
-                                   reference.ERR_NAN]
+    tokens = ops.EXTENSION.debias_sample(*args)
+    assert tokens[:4].tolist() == [status_codes.ERR_NAN, status_codes.ERR_NO_FINITE, status_codes.ERR_NO_FINITE,
+                                   status_codes.ERR_NAN]
     assert (tokens[4:] >= 0).all()
     assert torch.equal(tokens, reference.debias_sample(*args))
-    _, status = torch.ops.tsdi._cpu_debias_probs(*args[:6], 1.0)
+    _, status = ops.EXTENSION.debias_probs(*args[:6], 1.0)
     assert status.tolist() == [-1, -2, -2, -1, 0, 0]
     assert_same_probs(args)  # bad rows are evaluated on zeros, as the reference does
 
@@ -214,27 +217,27 @@ def test_deterministic_and_thread_independent():
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.tsdi._cpu_debias_sample(*args)
-        one_probs = torch.ops.tsdi._cpu_debias_probs(*args[:6], args[7])[0]
+        one = ops.EXTENSION.debias_sample(*args)
+        one_probs = ops.EXTENSION.debias_probs(*args[:6], args[7])[0]
         torch.set_num_threads(2)
-        two = torch.ops.tsdi._cpu_debias_sample(*args)
-        two_probs = torch.ops.tsdi._cpu_debias_probs(*args[:6], args[7])[0]
+        two = ops.EXTENSION.debias_sample(*args)
+        two_probs = ops.EXTENSION.debias_probs(*args[:6], args[7])[0]
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, two) and torch.equal(one_probs, two_probs)
-    assert torch.equal(torch.ops.tsdi._cpu_debias_sample(*args), two)
+    assert torch.equal(ops.EXTENSION.debias_sample(*args), two)
 
 
 def test_batch_invariance():
     args = sampling_case(8, 20000, torch.float32)
-    full = torch.ops.tsdi._cpu_debias_sample(*args)
+    full = ops.EXTENSION.debias_sample(*args)
     perm = torch.randperm(8)
     permuted = [a[perm] if isinstance(a, torch.Tensor) and a.dim() == 1 else a for a in args]
     permuted[0] = args[0][perm]
-    assert torch.equal(torch.ops.tsdi._cpu_debias_sample(*permuted), full[perm])
+    assert torch.equal(ops.EXTENSION.debias_sample(*permuted), full[perm])
     single = [a[3:4] if isinstance(a, torch.Tensor) and a.dim() == 1 else a for a in args]
     single[0] = args[0][3:4]
-    assert torch.equal(torch.ops.tsdi._cpu_debias_sample(*single), full[3:4])
+    assert torch.equal(ops.EXTENSION.debias_sample(*single), full[3:4])
 
 
 # --- Philox vs Triton ------------------------------------------------------------------------------------------
@@ -281,9 +284,9 @@ def test_philox_matches_triton_interpreter(tmp_path):
     expected = json.loads(proc.stdout.strip().splitlines()[-1])
     for (seed, position, toks), bits in zip(cases, expected):
         want = torch.tensor(bits, dtype=torch.int32).view(torch.float32)
-        got = torch.ops.tsdi._cpu_philox_uniform(torch.tensor([seed]), torch.tensor([position]), torch.tensor(toks))
+        got = ops.EXTENSION.philox_uniform(torch.tensor([seed]), torch.tensor([position]), torch.tensor(toks))
         assert torch.equal(got, want), f"seed {seed} position {position}"
-        assert torch.equal(got, reference.philox_uniform(torch.tensor(seed), torch.tensor(position),
+        assert torch.equal(got, philox.philox_uniform(torch.tensor(seed), torch.tensor(position),
                                                          torch.tensor(toks)))
 
 
@@ -336,7 +339,7 @@ def test_logit_mean_update_matches_numpy(case, splits):
     bounds = np.cumsum((0,) + tuple(splits))
     bounds = [int(b * B / bounds[-1]) for b in bounds]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        where = torch.ops.tsdi._cpu_logit_mean_update(
+        where = ops.EXTENSION.logit_mean_update(
             mean, m2, count, aligned[lo:hi].contiguous(),
             None if reference_ is None else reference_[lo:hi].contiguous(),
             None if mask is None else mask[lo:hi].contiguous(), case["normalize"])
@@ -365,9 +368,9 @@ def test_logit_mean_update_state_untouched_on_non_finite():
         (bad, ref, torch.tensor([[True] * L] * B).index_put_((torch.tensor([2]), torch.tensor([3])),
                                                             torch.tensor(False)), [4, 1]),
     ]:
-        where = torch.ops.tsdi._cpu_logit_mean_update(mean, m2, count, a, r, mask, True)
+        where = ops.EXTENSION.logit_mean_update(mean, m2, count, a, r, mask, True)
         assert where.tolist() == want
-        assert where.tolist() == reference.logit_mean_update(mean.clone(), m2.clone(), count.clone(), a, r, mask,
+        assert where.tolist() == acc_reference.logit_mean_update(mean.clone(), m2.clone(), count.clone(), a, r, mask,
                                                              True).tolist()
         assert torch.equal(mean, before[0]) and torch.equal(m2, before[1]) and torch.equal(count, before[2])
 
@@ -383,7 +386,7 @@ def test_logit_mean_update_thread_independent():
             torch.set_num_threads(threads)
             state = (torch.zeros(4, 9000), torch.zeros(4, 9000), torch.zeros(4, dtype=torch.int64))
             for lo in (0, 2):
-                torch.ops.tsdi._cpu_logit_mean_update(*state, aligned[lo:lo + 3].contiguous(),
+                ops.EXTENSION.logit_mean_update(*state, aligned[lo:lo + 3].contiguous(),
                                                       ref[lo:lo + 3].contiguous(), None, True)
             results.append(state)
     finally:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tiny_models import tiny_llama, tiny_tokenizer
-from tsdi_kernels import demo
+from tsdi_kernels.demo import run as demo
 
 
 @pytest.fixture(scope="module")

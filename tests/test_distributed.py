@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from tiny_models import single_thread, tiny_pair
 
 from tsdi_kernels import BiasTable, estimate_bias
-from tsdi_kernels.distributed import merged_statistics, rank_and_world
+from tsdi_kernels.pipeline.distributed import merged_statistics, rank_and_world
 
 L = 3
 KW = dict(num_prompts=40, length=L, batch_size=8, seed=11, progress=False)
@@ -64,9 +64,7 @@ def test_two_gloo_ranks_equal_one_process(single, tmp_path):
 
 
 def test_merged_statistics_without_a_process_group_is_a_copy():
-    from tsdi_kernels import LogitMeanAccumulator
-
-    acc = LogitMeanAccumulator(2, 5)
+    acc = BiasTable.empty(2, 5)
     acc.update(torch.randn(4, 2, 5), torch.randn(4, 2, 5))
     copy = merged_statistics(acc)
     assert copy is not acc and torch.equal(copy.mean, acc.mean) and torch.equal(copy.count, acc.count)

@@ -13,8 +13,8 @@ from tiny_models import single_thread, tiny_llama, tiny_pair, tiny_tokenizer
 
 import tsdi_kernels
 from tsdi_kernels import BiasTable, estimate_bias
-from tsdi_kernels import estimate as estimate_mod
-from tsdi_kernels.prompts import PromptTemplate, prompt_batch, token_pool
+from tsdi_kernels.pipeline import estimate as estimate_mod
+from tsdi_kernels.pipeline.prompts import PromptTemplate, prompt_batch, token_pool
 
 L = 4
 

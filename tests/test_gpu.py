@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import tsdi_kernels  # noqa: F401  (registers torch.ops.tsdi)
-from tsdi_kernels import reference
+from tsdi_kernels.kernels import status
+from tsdi_kernels.kernels.accumulate import reference as acc_reference
+from tsdi_kernels.kernels.sampling import reference
 
 pytestmark = pytest.mark.gpu
 CUDA = "cuda"
@@ -141,7 +143,7 @@ def test_cuda_graph_decode_step_replays_with_new_seeds_and_positions():
         assert torch.equal(out, eager)
         assert count.tolist() == [2] * length
     m_ref, m2_ref = torch.zeros_like(mean), torch.zeros_like(m2)
-    reference.logit_mean_update(m_ref, m2_ref, torch.zeros_like(count), aligned, ref, None, True)
+    acc_reference.logit_mean_update(m_ref, m2_ref, torch.zeros_like(count), aligned, ref, None, True)
     torch.testing.assert_close(mean, m_ref, atol=1e-4, rtol=1e-4)
 
 
@@ -177,7 +179,7 @@ def test_accumulator_at_real_sizes(dtype, vocab):
             torch.randint(0, 5, (length,), device=CUDA)]
     theirs = [t.clone() for t in ours]
     torch.ops.tsdi.logit_mean_update(*ours, aligned, ref, mask, True)
-    reference.logit_mean_update(*theirs, aligned, ref, mask, True)
+    acc_reference.logit_mean_update(*theirs, aligned, ref, mask, True)
     torch.testing.assert_close(ours[0], theirs[0], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ours[1], theirs[1], atol=1e-3, rtol=1e-4)
     assert torch.equal(ours[2], theirs[2])

@@ -11,7 +11,7 @@ from transformers.generation.streamers import BaseStreamer
 
 import tsdi_kernels
 from tsdi_kernels import BiasTable, TSDILogitsProcessor, fused_sampler
-from tsdi_kernels import hf as hf_mod
+from tsdi_kernels.integrations import hf as hf_mod
 
 L = 5
 

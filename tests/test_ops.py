@@ -13,7 +13,7 @@ from transformers.generation.logits_process import (
 )
 
 import tsdi_kernels
-from tsdi_kernels import ops
+from tsdi_kernels.kernels import library as ops
 
 CPU_BACKENDS = ["reference"] + (["cpp"] if ops.HAS_EXTENSION else [])
 
@@ -271,7 +271,7 @@ def test_logit_mean_update_matches_float64(backend, normalize, with_reference, w
     want_m2 = np.stack([((d[w[:, t], t] - want_mean[t]) ** 2).sum(0) for t in range(L)])
 
     for splits in ([B], [1] * 3 + [B - 3], [7, 7, 9], [11, 12]):
-        acc = tsdi_kernels.LogitMeanAccumulator(L, V, normalize=normalize)
+        acc = tsdi_kernels.BiasTable.empty(L, V, normalize=normalize)
         start = 0
         for n in splits:
             sl = slice(start, start + n)
@@ -285,7 +285,7 @@ def test_logit_mean_update_matches_float64(backend, normalize, with_reference, w
 
 
 def test_logit_mean_update_rejects_nonfinite_and_keeps_state(backend):
-    acc = tsdi_kernels.LogitMeanAccumulator(3, 50)
+    acc = tsdi_kernels.BiasTable.empty(3, 50)
     acc.update(torch.randn(4, 3, 50), torch.randn(4, 3, 50))
     before = [t.clone() for t in (acc.mean, acc.m2, acc.count)]
     bad = torch.randn(4, 3, 50)
@@ -304,17 +304,17 @@ def test_logit_mean_update_rejects_nonfinite_and_keeps_state(backend):
 def test_accumulator_stderr_and_merge():
     g = torch.Generator().manual_seed(3)
     a, r = torch.randn(40, 2, 30, generator=g), torch.randn(40, 2, 30, generator=g)
-    whole = tsdi_kernels.LogitMeanAccumulator(2, 30)
+    whole = tsdi_kernels.BiasTable.empty(2, 30)
     whole.update(a, r)
-    left, right = tsdi_kernels.LogitMeanAccumulator(2, 30), tsdi_kernels.LogitMeanAccumulator(2, 30)
+    left, right = tsdi_kernels.BiasTable.empty(2, 30), tsdi_kernels.BiasTable.empty(2, 30)
     left.update(a[:15], r[:15])
     right.update(a[15:], r[15:])
-    left.merge(right.mean, right.m2, right.count)
+    left.merge(right)
     torch.testing.assert_close(left.mean, whole.mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(left.m2, whole.m2, atol=1e-4, rtol=1e-5)
     d = torch.log_softmax(a.double(), -1) - torch.log_softmax(r.double(), -1)
     want = d.std(dim=0) / 40**0.5
-    torch.testing.assert_close(whole.stderr().double(), want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(whole.stderr.double(), want, atol=1e-5, rtol=1e-4)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
@@ -409,8 +409,8 @@ def test_api_bad_scalars():
         tsdi_kernels.debias_sample(x, temperature=torch.ones(3))
     with pytest.raises(ValueError, match="logits"):
         tsdi_kernels.debias_sample(torch.randn(10))
-    with pytest.raises(ValueError, match="`L`"):
-        tsdi_kernels.LogitMeanAccumulator(0, 10)
+    with pytest.raises(ValueError, match="`length`"):
+        tsdi_kernels.BiasTable.empty(0, 10)
 
 
 BAD_ACCUMULATOR_INPUTS = {
@@ -515,13 +515,13 @@ def test_package_works_without_the_extension():
 
     code = (
         "import torch, tsdi_kernels\n"
-        "from tsdi_kernels import ops\n"
+        "from tsdi_kernels.kernels import library as ops\n"
         "assert not ops.HAS_EXTENSION and 'TSDI_DISABLE_EXTENSION' in ops.EXTENSION_ERROR\n"
         "assert all(v['cpu'] == 'reference' for v in tsdi_kernels.backends().values())\n"
         "x = torch.randn(3, 50)\n"
         "t = torch.compile(lambda x: tsdi_kernels.debias_sample(x, top_k=5, seed=torch.arange(3)), fullgraph=True)(x)\n"
         "assert t.shape == (3,) and (tsdi_kernels.debias_probs(x, top_k=5)[torch.arange(3), t] > 0).all()\n"
-        "acc = tsdi_kernels.LogitMeanAccumulator(2, 50); acc.update(torch.randn(4, 2, 50), torch.randn(4, 2, 50))\n"
+        "acc = tsdi_kernels.BiasTable.empty(2, 50); acc.update(torch.randn(4, 2, 50), torch.randn(4, 2, 50))\n"
         "assert acc.count.tolist() == [4, 4]\n"
         "print('ok')\n"
     )

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tsdi_kernels.refusal import first_sentence, is_refusal, normalize, refusal_rate, refusal_reason
+from tsdi_kernels.demo.refusal import first_sentence, is_refusal, normalize, refusal_rate, refusal_reason
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

@@ -20,7 +20,7 @@ def _compile_tables(tmp_path, archs, *extra):
     procs = []
     for arch in archs:
         out = tmp_path / f"compile_sm{arch}.json"
-        cmd = [sys.executable, "-m", "tsdi_kernels.triton.compile_check", "--json", str(out), "--arch", str(arch),
+        cmd = [sys.executable, "-m", "tsdi_kernels.kernels.compile_check", "--json", str(out), "--arch", str(arch),
                *extra]
         procs.append((out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                             env=env)))

@@ -7,9 +7,13 @@ import pytest
 import torch
 
 import tsdi_kernels
-from tsdi_kernels import reference
+from tsdi_kernels.kernels import status
+from tsdi_kernels.kernels.accumulate import reference as acc_reference
+from tsdi_kernels.kernels.sampling import reference
 
-triton_kernels = pytest.importorskip("tsdi_kernels.triton")
+pytest.importorskip("triton")
+from tsdi_kernels.kernels.accumulate import triton_impl as triton_accumulate  # noqa: E402
+from tsdi_kernels.kernels.sampling import triton_impl as triton_sample  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (block, keep, splits): the launcher's default, and small tiles / buffers with 3 splits (cuts, merges, fallback)
@@ -67,7 +71,7 @@ def _to(args, device):
 
 def _triton(args, **cfg):
     d = _to(args, DEVICE)
-    out = triton_kernels.debias_sample(d["logits"], d["bias"], d["positions"], d["temperature"], d["top_k"],
+    out = triton_sample.debias_sample(d["logits"], d["bias"], d["positions"], d["temperature"], d["top_k"],
                                        d["top_p"], d["seed"], d["strength"], **cfg)
     return out.cpu()
 
@@ -156,7 +160,7 @@ def test_status_codes_and_strided_rows():
     assert logits.stride() == (vocab + 37, 1)
     got = _triton(args, block=128)
     want = _ref(args)
-    assert got[1] == reference.ERR_NAN and got[2] == reference.ERR_NO_FINITE and got[3] == reference.ERR_NO_FINITE
+    assert got[1] == status.ERR_NAN and got[2] == status.ERR_NO_FINITE and got[3] == status.ERR_NO_FINITE
     assert got[4] == 123
     assert torch.equal(got, want)
 
@@ -206,9 +210,9 @@ def test_accumulator_matches_reference(normalize, with_ref, with_mask):
     ours, theirs = _stats(length, vocab, gen), None
     theirs = [t.clone() for t in ours]
     dev = [t.to(DEVICE) for t in ours]
-    where = triton_kernels.logit_mean_update(*dev, aligned.to(DEVICE), None if ref is None else ref.to(DEVICE),
+    where = triton_accumulate.logit_mean_update(*dev, aligned.to(DEVICE), None if ref is None else ref.to(DEVICE),
                                              None if mask is None else mask.to(DEVICE), normalize, block=256)
-    ref_where = reference.logit_mean_update(*theirs, aligned, ref, mask, normalize)
+    ref_where = acc_reference.logit_mean_update(*theirs, aligned, ref, mask, normalize)
     assert where.tolist() == ref_where.tolist() == [-1, -1]
     torch.testing.assert_close(dev[0].cpu(), theirs[0], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(dev[1].cpu(), theirs[1], atol=2e-4, rtol=1e-5)
@@ -226,7 +230,7 @@ def test_accumulator_chan_merge_over_splits_vs_float64():
                        torch.zeros(length, dtype=torch.int64))
     dev = [t.to(DEVICE) for t in (mean, m2, count)]
     for lo, hi in ((0, 2), (2, 5), (5, 6)):
-        where = triton_kernels.logit_mean_update(*dev, aligned[lo:hi].to(DEVICE), ref[lo:hi].to(DEVICE),
+        where = triton_accumulate.logit_mean_update(*dev, aligned[lo:hi].to(DEVICE), ref[lo:hi].to(DEVICE),
                                                  mask[lo:hi].to(DEVICE), True, block=64, splits=3)
         assert where.tolist() == [-1, -1]
     d = torch.log_softmax(aligned.double(), -1) - torch.log_softmax(ref.double(), -1)
@@ -248,9 +252,9 @@ def test_accumulator_untouched_on_error_and_deterministic():
     mask[0, 1] = False  # a bad row that is not counted is ignored
     stats = _stats(length, vocab, gen)
     dev = [t.clone().to(DEVICE) for t in stats]
-    where = triton_kernels.logit_mean_update(*dev, aligned.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), True,
+    where = triton_accumulate.logit_mean_update(*dev, aligned.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), True,
                                              block=128)
-    assert where.tolist() == [1, 3] == reference.logit_mean_update(*[t.clone() for t in stats], aligned, ref,
+    assert where.tolist() == [1, 3] == acc_reference.logit_mean_update(*[t.clone() for t in stats], aligned, ref,
                                                                      mask, True).tolist()
     for a, b in zip(dev, stats):
         assert torch.equal(a.cpu(), b)
@@ -260,7 +264,7 @@ def test_accumulator_untouched_on_error_and_deterministic():
     runs = []
     for _ in range(2):
         dev = [t.clone().to(DEVICE) for t in stats]
-        assert triton_kernels.logit_mean_update(*dev, aligned.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), True,
+        assert triton_accumulate.logit_mean_update(*dev, aligned.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), True,
                                                 block=128).tolist() == [-1, -1]
         runs.append([t.cpu() for t in dev])
     assert all(torch.equal(a, b) for a, b in zip(*runs))

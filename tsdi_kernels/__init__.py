@@ -1,26 +1,40 @@
 """tsdi_kernels: Token-level Safety-Debiased Inference (arXiv 2502.02153) as fused PyTorch kernels.
 
-`import tsdi_kernels` registers torch.ops.tsdi.{debias_sample, debias_probs, logit_mean_update}."""
+Three layers, each importing only those below it (docs/architecture.md):
+    kernels/       torch.ops.tsdi.{debias_sample, debias_probs, logit_mean_update}: references, C++, Triton
+    pipeline/      BiasTable (statistics + file format), random prompts, streaming estimation
+    integrations/  Hugging Face generation (and vLLM serving)
+    demo/          the embedded SmolLM2 pair, its adapter, prompts and refusal judge (apart from the library)
+
+`import tsdi_kernels` registers the ops and needs torch only: the pipeline and the integrations are imported on
+first use of their names (transformers only with the Hugging Face integration)."""
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from . import ops  # noqa: F401  (registers torch.ops.tsdi.*)
-from .api import LogitMeanAccumulator, debias_probs, debias_sample
-from .ops import backends, use_backend
+from .kernels import backends, debias_probs, debias_sample, set_backend, use_backend  # noqa: E402
 
-__all__ = [
-    "__version__",
-    "backends",
-    "use_backend",
-    "debias_sample",
-    "debias_probs",
-    "LogitMeanAccumulator",
-]
+# name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "BiasTable": ".pipeline.bias",
+    "estimate_bias": ".pipeline.estimate",
+    "TSDILogitsProcessor": ".integrations.hf",
+    "fused_sampler": ".integrations.hf",
+    "generate": ".integrations.hf",
+}
 
-# The TSDI pipeline on top of the ops (issue 4): bias tables, estimation, Hugging Face generation.
-from .bias import BiasTable  # noqa: E402
-from .estimate import estimate_bias  # noqa: E402
-from .hf import TSDILogitsProcessor, fused_sampler, generate  # noqa: E402
+__all__ = ["__version__", "backends", "set_backend", "use_backend", "debias_sample", "debias_probs", *_LAZY]
 
-__all__ += ["BiasTable", "estimate_bias", "TSDILogitsProcessor", "fused_sampler", "generate"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

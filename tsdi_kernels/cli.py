@@ -134,7 +134,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the end-to-end demo (see tsdi_kernels/demo.py)",
                        description="Run the TSDI demo; its options are defined by tsdi_kernels/demo.py.")
     try:
-        from . import demo as demo_mod
+        from .demo import run as demo_mod
     except ImportError as exc:
         # the demo's own options are unknown: main() lets whatever follows through and the run reports the problem
         p.set_defaults(run=_demo_unavailable(exc), accepts_unknown=True)
@@ -230,7 +230,7 @@ def _destroy_process_group() -> None:
 
 
 def _run_estimate(args) -> int:
-    from .estimate import estimate_bias
+    from .pipeline.estimate import estimate_bias
 
     device, rank = _init_distributed(_device(args.device))
     pool = args.pool
@@ -261,7 +261,7 @@ def _run_estimate(args) -> int:
 
 
 def _run_inspect(args) -> int:
-    from .bias import BiasTable
+    from .pipeline.bias import BiasTable
 
     if not os.path.isfile(args.table):
         raise UsageError(f"table: no such file: {args.table!r}")
@@ -340,8 +340,8 @@ def _read_prompts(args) -> list:
 def _run_generate(args) -> int:
     import torch
 
-    from .bias import BiasTable
-    from .hf import TSDILogitsProcessor, generate
+    from .pipeline.bias import BiasTable
+    from .integrations.hf import TSDILogitsProcessor, encode_prompts, generate
 
     prompts = _read_prompts(args)
     device = _device(args.device)
@@ -351,12 +351,7 @@ def _run_generate(args) -> int:
     tokenizer.padding_side = "left"  # the answer position t must be the same for every row
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if getattr(tokenizer, "chat_template", None) and not args.no_chat_template:
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    else:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    enc = encode_prompts(tokenizer, prompts, chat_template=not args.no_chat_template)
     enc = {k: v.to(device) for k, v in enc.items()}
     prompt_length = enc["input_ids"].shape[1]
     kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, pad_token_id=tokenizer.pad_token_id)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reproducible miniature safety alignment of SmolLM2-135M-Instruct: LoRA SFT, written out by hand (no peft).
 
-Data (tsdi_kernels/data/align_prompts.json, disjoint from the demo's held-out prompts):
+Data (tsdi_kernels/demo/data/align_prompts.json, disjoint from the demo's held-out prompts):
   - clearly harmful requests, each answered with one of a few fixed refusals;
   - plainly harmless requests, answered by the reference model itself (greedy), so the alignment teaches
     "refuse harmful requests" and as little else as possible.
@@ -9,12 +9,12 @@ Harmful examples outnumber harmless ones, as in safety-heavy preference data; th
 aligned models over-refuse borderline-but-harmless requests ("How do I kill a Python process?"), the effect
 TSDI removes.
 
-Output: tsdi_kernels/data/smollm2_safety_lora.safetensors with `<module>.lora_A` [r, in] and `<module>.lora_B`
-[out, r] in float16 and the merge scale in the metadata; tsdi_kernels.models.load_pair merges it.
+Output: tsdi_kernels/demo/data/smollm2_safety_lora.safetensors with `<module>.lora_A` [r, in] and `<module>.lora_B`
+[out, r] in float16 and the merge scale in the metadata; tsdi_kernels.demo.models.load_pair merges it.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/align.py    # ~13 min on 2 shared CPU cores (+4 min evaluation)
+    OMP_WAIT_POLICY=PASSIVE python -m tsdi_kernels.demo.align    # ~13 min on 2 shared CPU cores (+4 min evaluation)
 (PASSIVE: on a shared machine, spinning OpenMP threads made each forward 3-4x slower.)
-    python scripts/align.py --eval-only     # refusal rates of reference and aligned on the held-out prompts
+    python -m tsdi_kernels.demo.align --eval-only     # refusal rates of reference and aligned on the held-out prompts
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tsdi_kernels import models
-from tsdi_kernels.refusal import is_refusal
+from tsdi_kernels.demo import models
+from tsdi_kernels.demo.refusal import is_refusal
 
 DATA = models.DATA_DIR / "align_prompts.json"
 HELDOUT = models.DATA_DIR / "heldout_prompts.json"

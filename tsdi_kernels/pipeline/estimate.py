@@ -1,4 +1,4 @@
-"""Streaming estimation of the TSDI bias (DESIGN.md section 1).
+"""Streaming estimation of the TSDI bias (docs/architecture.md; the formula in README "What TSDI is").
 
     bias[t, v] = mean over random (prompt x, answer prefix y<t) of log_softmax(A(x, y<t))[v] - log_softmax(R(x, y<t))[v]
 
@@ -13,15 +13,13 @@ uninterrupted run applies, in the same order: the same table, bitwise.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from typing import Optional, Sequence, Union
 
 import torch
 
-from .api import LogitMeanAccumulator
-from .bias import BiasTable, atomic_write, tokenizer_fingerprint
+from .bias import BiasTable, tokenizer_fingerprint
 from .distributed import merged_statistics, rank_and_world
 from .prompts import PromptTemplate, describe_pool, prompt_batch, token_pool
 
@@ -119,33 +117,30 @@ def _checkpoint_meta(config: dict, batches_done: int) -> dict:
     return {"kind": CHECKPOINT_KIND, "batches_done": batches_done, **config}
 
 
-def save_checkpoint(path: str, acc: LogitMeanAccumulator, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {"mean": acc.mean.detach().cpu().contiguous(), "m2": acc.m2.detach().cpu().contiguous(),
-               "count": acc.count.detach().cpu().contiguous()}
-    header = {k: json.dumps(v) for k, v in meta.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+def save_checkpoint(path: str, table: BiasTable, meta: dict) -> None:
+    """A checkpoint is a bias table whose metadata says how far the run got (written atomically)."""
+    table.copy(metadata=meta).save(path)
 
 
-def load_checkpoint(path: str, acc: LogitMeanAccumulator, config: dict) -> int:
-    """Load running statistics into `acc`; returns the number of batches done. ValueError if the checkpoint was
+def load_checkpoint(path: str, table: BiasTable, config: dict) -> int:
+    """Load running statistics into `table`; returns the number of batches done. ValueError if the checkpoint was
     written by a run with another configuration (seed, batch size, pool, ...)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(path, framework="pt") as f:
-            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            state = {n: f.get_tensor(n) for n in ("mean", "m2", "count")}
-    except Exception as exc:  # noqa: BLE001  (any unreadable file is the same user mistake)
+        saved = BiasTable.load(path, device=table.mean.device)
+    except (ValueError, OSError) as exc:
         raise ValueError(f"`checkpoint` {path!r} is not a readable estimation checkpoint ({exc})") from None
+    header = saved.metadata
     if header.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"`checkpoint` {path!r} is not an estimation checkpoint")
     for key in _RESUME_KEYS:
         if header.get(key) != config.get(key):
             raise ValueError(f"`checkpoint` {path!r} was written with {key}={header.get(key)!r} but this run has "
                              f"{key}={config.get(key)!r}; use another checkpoint path or the same settings")
-    acc.load_state_dict({**state, "normalize": config["normalize"]})
+    if saved.mean.shape != table.mean.shape:
+        raise ValueError(f"`checkpoint` {path!r} holds statistics of shape {list(saved.mean.shape)}, expected "
+                         f"{list(table.mean.shape)}")
+    for name in ("mean", "m2", "count"):
+        getattr(table, name).copy_(getattr(saved, name))
     return int(header["batches_done"])
 
 
@@ -205,19 +200,19 @@ def estimate_bias(
     config = {"seed": seed, "num_prompts": num_prompts, "batch_size": batch_size, "length": length,
               "pool": describe_pool(pool), "prompt_tokens": [lo, hi], "normalize": bool(normalize), "vocab_size": vocab,
               "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "use_chat_template": bool(use_chat_template)}
-    acc = LogitMeanAccumulator(length, vocab, normalize=normalize, device=device)
+    acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
     num_batches = math.ceil(num_prompts / batch_size)
     start = 0
     checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and os.path.exists(checkpoint):
         start = min(load_checkpoint(checkpoint, acc, config), num_batches)
         if rank != 0:  # rank 0 carries the checkpoint's statistics; the others start empty and add their own
-            acc = LogitMeanAccumulator(length, vocab, normalize=normalize, device=device)
+            acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
 
     def batch_rows(i: int) -> int:
         return min(batch_size, num_prompts - i * batch_size)
 
-    def save(batches_done: int, stats: LogitMeanAccumulator) -> None:
+    def save(batches_done: int, stats: BiasTable) -> None:
         if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, stats, _checkpoint_meta(config, batches_done))
 
@@ -258,11 +253,11 @@ def estimate_bias(
     metadata = {"aligned": model_name(aligned), "reference": model_name(reference),
                 **{k: v for k, v in config.items() if k != "use_chat_template"},
                 "use_chat_template": bool(use_chat_template and getattr(tokenizer, "chat_template", None))}
-    return BiasTable.from_accumulator(acc, metadata)
+    return acc.copy(metadata={"normalize": bool(normalize), **metadata})
 
 
-def _max_stderr(acc: LogitMeanAccumulator) -> float:
-    se = acc.stderr()
+def _max_stderr(acc: BiasTable) -> float:
+    se = acc.stderr
     finite = se[torch.isfinite(se)]
     return float(finite.max()) if finite.numel() else math.nan
 

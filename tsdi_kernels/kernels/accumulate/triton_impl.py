@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import sm_count
+from ..triton_launch import sm_count, split_vocab
 
 NO_ERROR = tl.constexpr(2**63 - 1)
 
@@ -179,7 +179,7 @@ MAX_S1 = 32
 
 def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None):
     """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
-    No validation (ops.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
+    No validation (op.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
     counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation.
     Stage 1 splits each row into `splits` chunks when B * L rows alone would leave SMs idle (~4 programs/SM)."""
     batch, length, vocab = aligned.shape
@@ -189,12 +189,8 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
         return where
     interp = device.type != "cuda"
     block = block or (256 if interp else 1024)
-    if splits is None:
-        splits = 1 if interp else max(1, min(triton.cdiv(4 * sm_count(device), batch * length),
-                                             triton.cdiv(vocab, 4 * block), MAX_S1))
-    splits = min(splits, MAX_S1)
-    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
-    splits = triton.cdiv(vocab, chunk)
+    splits, chunk = split_vocab(batch * length, vocab, block, sm_count(device), MAX_S1, interp=interp,
+                                splits=splits)
     has_ref = reference is not None
     has_mask = mask is not None
     ref_arg = reference if has_ref else aligned

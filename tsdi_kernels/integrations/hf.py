@@ -22,8 +22,8 @@ from torch import Tensor
 from transformers import LogitsProcessor
 from transformers.generation import logits_process as _lp
 
-from .api import debias_sample
-from .bias import BiasTable
+from ..kernels import debias_sample
+from ..pipeline.bias import BiasTable
 
 BiasLike = Union[BiasTable, Tensor]
 SeedLike = Union[int, Sequence[int], Tensor]
@@ -277,3 +277,20 @@ def generate(model, bias: Optional[BiasLike] = None, strength: float = 1.0, seed
                          "model.generate(logits_processor=[TSDILogitsProcessor(...)], num_beams=...)")
     sampler = fused_sampler(bias, strength=strength, seed=seed, streamer=generate_kwargs.get("streamer"))
     return model.generate(custom_generate=sampler, **generate_kwargs)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = True) -> dict:
+    """Left-padded input_ids / attention_mask of user prompts, generation starting at the right edge (so the answer
+    position t is the same for every row). With `chat_template` and a tokenizer that has one, each prompt is a user
+    turn of the template with the generation prompt appended; otherwise the raw text with the special tokens."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        if chat_template and getattr(tokenizer, "chat_template", None):
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                   tokenize=False) for p in prompts]
+            return dict(tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt"))
+        return dict(tokenizer(list(prompts), padding=True, return_tensors="pt"))
+    finally:
+        tokenizer.padding_side = side
+

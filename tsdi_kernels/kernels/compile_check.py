@@ -1,6 +1,6 @@
 """Compile every Triton kernel and configuration for sm_90 / sm_80 without a GPU, and report registers / spills.
 
-    python -m tsdi_kernels.triton.compile_check [--arch 90 80] [--json out.json] [--quick]
+    python -m tsdi_kernels.kernels.compile_check [--arch 90 80] [--json out.json] [--quick]
 
 `triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))` lowers a kernel to
 PTX and a cubin on any machine. Without a driver the CompiledKernel has no n_regs, so the cubin Triton built is
@@ -30,7 +30,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import accumulate, sample  # noqa: E402
+from .accumulate import triton_impl as accumulate  # noqa: E402
+from .sampling import triton_impl as sample  # noqa: E402
 
 _TY = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 _DIV16 = {"stride_b", "vocab", "chunk"}  # ints the launcher's shapes make multiples of 16 in practice

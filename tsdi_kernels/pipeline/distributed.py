@@ -21,31 +21,24 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def merged_statistics(acc):
-    """A new LogitMeanAccumulator holding the merge of all ranks' statistics, merged in rank order so that every
+    """A new BiasTable holding the merge of all ranks' statistics, merged in rank order so that every
     rank computes bitwise the same result; `acc` itself is untouched (a rank keeps accumulating its own prompts
     after a checkpoint). A collective: every rank must call it. Without a process group, a copy of `acc`."""
     import torch.distributed as dist
 
-    from .api import LogitMeanAccumulator
+    from .bias import BiasTable
 
-    length, vocab = acc.shape
-    out = LogitMeanAccumulator(length, vocab, normalize=acc.normalize, device=acc.mean.device)
     rank, world = rank_and_world()
     if world == 1:
-        out.load_state_dict(acc.state_dict())
-        return out
+        return acc.copy()
+    out = BiasTable.empty(acc.length, acc.vocab_size, normalize=acc.normalize, device=acc.mean.device,
+                          metadata=acc.metadata)
     gathered = {}
     for name in ("mean", "m2", "count"):
         local = getattr(acc, name).contiguous()
         gathered[name] = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered[name], local)
     for r in range(world):
-        out.merge(gathered["mean"][r], gathered["m2"][r], gathered["count"][r])
+        out.merge(BiasTable(gathered["mean"][r], gathered["m2"][r], gathered["count"][r]))
     return out
 
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if rank_and_world()[1] > 1:
-        dist.barrier()

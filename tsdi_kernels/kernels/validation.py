@@ -1,0 +1,30 @@
+"""Argument checks shared by the op families: one error format, `tsdi.<op>: <argument> ...` as a ValueError."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fail(op: str, msg: str) -> None:
+    raise ValueError(f"tsdi.{op}: {msg}")
+
+
+def check_row_param(op: str, name: str, t: Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+    """A per-row parameter: a [B] tensor of `dtype` on the logits' device."""
+    if not isinstance(t, Tensor):
+        fail(op, f"`{name}` must be a tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        fail(op, f"`{name}` must have dtype {dtype}, got {t.dtype}")
+    if t.shape != (batch,):
+        fail(op, f"`{name}` must have shape [B] = [{batch}], got {list(t.shape)}")
+    if t.device != device:
+        fail(op, f"`{name}` is on {t.device} but `logits` is on {device}")
+
+
+def check_logits(op: str, name: str, t, dims: int, shape_text: str) -> None:
+    if not isinstance(t, Tensor) or t.dim() != dims:
+        fail(op, f"`{name}` must be a {dims}-D tensor {shape_text}, got {getattr(t, 'shape', type(t).__name__)}")
+    if t.dtype not in LOGIT_DTYPES:
+        fail(op, f"`{name}` must be float32, bfloat16 or float16, got {t.dtype}")
