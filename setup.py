@@ -22,7 +22,7 @@ if os.environ.get("TSDI_DISABLE_EXTENSION", "0") != "1":
     cxx = ["-O3", "-fopenmp", "-std=c++20", "-ffp-contract=off"]
     # Row status codes are written once, in tsdi_kernels/kernels/status.py (a file without imports).
     status = runpy.run_path(os.path.join("tsdi_kernels", "kernels", "status.py"))
-    cxx += [f"-DTSDI_{name}={status[name]}" for name in ("ERR_NAN", "ERR_NO_FINITE")]
+    cxx += [f"-DTSDI_{name}={status[name]}" for name in status["CODES"]]
     # One AVX2 build, no AVX-512 variant with run-time dispatch. Measured on the 2-core AMD EPYC development machine
     # (AVX2 + FMA, no AVX-512), 1 thread, B=8, V=128256 fp32 (8.2 MB of logits + bias rows per call):
     #   - torch's own vectorised sum of the same bytes: 0.17 ms (50 GB/s), the memory floor;

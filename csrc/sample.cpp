@@ -49,11 +49,15 @@ inline float mass_cutoff_gap(float p, int64_t vocab) {
 }
 
 // Row status codes come from tsdi_kernels/kernels/status.py (setup.py passes them as -DTSDI_ERR_*).
-#if !defined(TSDI_ERR_NAN) || !defined(TSDI_ERR_NO_FINITE)
+#if !defined(TSDI_ERR_NAN) || !defined(TSDI_ERR_NO_FINITE) || !defined(TSDI_ERR_TOP_P)
 #error "build with setup.py: it defines TSDI_ERR_* from tsdi_kernels/kernels/status.py"
 #endif
 constexpr int64_t ERR_NAN = TSDI_ERR_NAN;
 constexpr int64_t ERR_NO_FINITE = TSDI_ERR_NO_FINITE;
+constexpr int64_t ERR_POSITION = TSDI_ERR_POSITION;
+constexpr int64_t ERR_TEMPERATURE = TSDI_ERR_TEMPERATURE;
+constexpr int64_t ERR_TOP_K = TSDI_ERR_TOP_K;
+constexpr int64_t ERR_TOP_P = TSDI_ERR_TOP_P;
 
 enum class Mode { kGreedy, kFull, kFilter };
 
@@ -339,7 +343,7 @@ void check_inputs(const Problem& pb, bool with_seed) {
   const auto& lg = pb.logits;
   const int64_t batch = lg.dim() == 2 ? lg.size(0) : -1, vocab = lg.dim() == 2 ? lg.size(1) : -1;
   auto row_ok = [&](const at::Tensor& t, at::ScalarType dt) {
-    return t.device().is_cpu() && t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dt && t.is_contiguous();
+    return t.device().is_cpu() && t.dim() == 1 && t.size(0) == batch && t.scalar_type() == dt;  // any stride
   };
   const bool ok =
       lg.device().is_cpu() && lg.dim() == 2 && vocab > 0 && vocab < (int64_t{1} << 31) &&
@@ -365,20 +369,27 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
   const auto seed = probs_mode ? at::Tensor() : pb.seed.contiguous();
 
   std::vector<RowPlan> plans(batch);
+  std::vector<int64_t> param_status(batch, 0);
   for (int64_t b = 0; b < batch; ++b) {
     RowPlan& rp = plans[b];
-    const int64_t pos = positions.data_ptr<int64_t>()[b];
-    TORCH_CHECK(pos >= 0, "tsdi: `positions` must be >= 0");
+    const int64_t pos = positions.data_ptr<int64_t>()[b * positions.stride(0)];
+    const float temp = temperature.data_ptr<float>()[b * temperature.stride(0)], p = top_p.data_ptr<float>()[b * top_p.stride(0)];
+    const int64_t k_in = top_k.data_ptr<int64_t>()[b * top_k.stride(0)];
+    // Per-row parameter ranges are checked here, inside the pass, not by the caller: a separate check would cost
+    // four reductions and a host round-trip per call. A bad row is reported by its code and run as a cheap
+    // greedy row without bias (its result is discarded).
+    param_status[b] = pos < 0 ? ERR_POSITION : !(temp >= 0.f) ? ERR_TEMPERATURE : k_in < 0 ? ERR_TOP_K
+                      : !(p > 0.f && p <= 1.f) ? ERR_TOP_P : 0;
     rp.x = base + b * row_stride;
-    rp.bias = pos < bias_rows ? bias + pos * vocab : nullptr;
+    rp.bias = (param_status[b] == 0 && pos < bias_rows) ? bias + pos * vocab : nullptr;
     rp.strength = static_cast<float>(pb.strength);  // torch multiplies a float32 tensor by float(strength)
-    rp.temp = temperature.data_ptr<float>()[b];
-    rp.top_p = top_p.data_ptr<float>()[b];
-    const int64_t k = top_k.data_ptr<int64_t>()[b];
+    rp.temp = temperature.data_ptr<float>()[b * temperature.stride(0)];
+    rp.top_p = top_p.data_ptr<float>()[b * top_p.stride(0)];
+    const int64_t k = top_k.data_ptr<int64_t>()[b * top_k.stride(0)];
     rp.top_k = (k > 0 && k < vocab) ? k : 0;
-    rp.seed = probs_mode ? 0 : seed.data_ptr<int64_t>()[b];
+    rp.seed = probs_mode ? 0 : seed.data_ptr<int64_t>()[b * seed.stride(0)];
     rp.position = pos;
-    rp.mode = rp.temp == 0.f ? Mode::kGreedy : (rp.top_k == 0 && !(rp.top_p < 1.f)) ? Mode::kFull : Mode::kFilter;
+    rp.mode = (rp.temp == 0.f || param_status[b] != 0) ? Mode::kGreedy : (rp.top_k == 0 && !(rp.top_p < 1.f)) ? Mode::kFull : Mode::kFilter;
     rp.cap = rp.top_k > 0 ? std::max<int64_t>(2 * rp.top_k, kCapTopK) : kCapTopP;
     rp.want_sum = (rp.mode == Mode::kFilter && rp.top_k == 0) || (rp.mode == Mode::kFull && probs_mode);
     rp.want_noise = rp.mode == Mode::kFull && !probs_mode;
@@ -430,7 +441,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       if (rp.want_sum) {
         for (int64_t c = 0; c < nchunk; ++c) s += ch[c].s * sexp(ch[c].m - m);
       }
-      res.status = nan ? ERR_NAN : (posinf || !finite) ? ERR_NO_FINITE : 0;
+      res.status = param_status[b] ? param_status[b] : nan ? ERR_NAN : (posinf || !finite) ? ERR_NO_FINITE : 0;
       const bool bad = res.status != 0;
       if (bad && !probs_mode) continue;
       if (rp.mode == Mode::kGreedy) {

@@ -14,7 +14,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .kernels import backends, debias_probs, debias_sample, set_backend, use_backend  # noqa: E402
+from .kernels import backends, check_tokens, debias_probs, debias_sample, set_backend, use_backend  # noqa: E402
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {
@@ -25,7 +25,9 @@ _LAZY = {
     "generate": ".integrations.hf",
 }
 
-__all__ = ["__version__", "backends", "set_backend", "use_backend", "debias_sample", "debias_probs", *_LAZY]
+__all__ = [
+    "__version__", "backends", "set_backend", "use_backend", "debias_sample", "debias_probs", "check_tokens", *_LAZY,
+]
 
 
 def __getattr__(name: str):

@@ -22,7 +22,7 @@ from torch import Tensor
 from transformers import LogitsProcessor
 from transformers.generation import logits_process as _lp
 
-from ..kernels import debias_sample
+from ..kernels import check_tokens, debias_sample
 from ..pipeline.bias import BiasTable
 
 BiasLike = Union[BiasTable, Tensor]
@@ -238,13 +238,23 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
                     scores += (processed - strength * bias_dev[t] if in_range else processed,)
                 if want_logits:
                     raw_logits += (logits,)
+                # On a GPU the op leaves bad-row codes (negative ids) on the device; they are read below, in the
+                # step's one synchronisation (the stopping check), instead of in the op.
+                worst = next_tokens.min() if next_tokens.device.type != "cpu" else None
+                drawn = next_tokens
                 if has_eos:
                     next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
                 input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
                 if streamer is not None:
                     streamer.put(next_tokens.cpu())
                 unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
-                if int(unfinished.max()) == 0:
+                if worst is None:
+                    running = int(unfinished.max())
+                else:
+                    running, lowest = torch.stack([unfinished.max().to(torch.int64), worst]).tolist()
+                    if lowest < 0:
+                        check_tokens(drawn)
+                if running == 0:
                     break
                 outputs = model_forward(**decode_inputs(input_ids, model_kwargs), return_dict=True)
         if streamer is not None:

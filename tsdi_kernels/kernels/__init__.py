@@ -8,6 +8,6 @@ Importing this package registers the ops; it needs torch only."""
 from .accumulate import op as _accumulate_op  # noqa: F401  (defines torch.ops.tsdi.logit_mean_update)
 from .api import debias_probs, debias_sample
 from .library import backends, set_backend, use_backend
-from .sampling import op as _sampling_op  # noqa: F401  (defines torch.ops.tsdi.debias_sample / debias_probs)
+from .sampling.op import check_tokens
 
-__all__ = ["backends", "debias_probs", "debias_sample", "set_backend", "use_backend"]
+__all__ = ["backends", "check_tokens", "debias_probs", "debias_sample", "set_backend", "use_backend"]

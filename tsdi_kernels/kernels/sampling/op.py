@@ -1,11 +1,13 @@
 """torch.ops.tsdi.debias_sample and torch.ops.tsdi.debias_probs: schema, validation, fake kernel, dispatch.
 
     torch.ops.tsdi.debias_sample(...)  -> one trip through the dispatcher to _debias_sample_impl (CPU / CUDA key)
-        validate (metadata here; per-row values in one host check) -> backend for the device:
+        validate metadata (no data read) -> backend for the device:
             cpp       tsdi_kernels._C.debias_sample   (csrc/sample.cpp, called directly: no second dispatch)
             triton    triton_impl.debias_sample       (imported on first CUDA use)
             reference reference.debias_sample
-        -> a negative token is a row status code (status.py), raised as a ValueError naming the row.
+        -> a negative token is a row status code (status.py; per-row parameter ranges are checked in the kernels'
+       pass), raised as a ValueError naming the argument and row on CPU; on CUDA left on the device (no host
+       synchronisation) for `check_tokens` at the caller's next sync point.
 Meta / fake tensors run the metadata checks only, so torch.compile reports bad calls at trace time."""
 from __future__ import annotations
 
@@ -51,85 +53,78 @@ def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, str
         fail(op, f"`strength` must be finite, got {strength}")
 
 
-_VALUE_PROBLEMS = (
-    "`positions` must be >= 0",
-    "`temperature` must be >= 0 (0 = greedy) and not NaN",
-    "`top_k` must be >= 0 (0 = disabled)",
-    "`top_p` must be in (0, 1] (1 = disabled)",
-)
-
-
-def _check_values(op, positions, temperature, top_k, top_p) -> None:
-    """One host synchronisation for all per-row range checks."""
-    bad = torch.stack([
-        (positions < 0).any(),
-        ~(temperature >= 0).all(),  # also catches NaN
-        (top_k < 0).any(),
-        ~((top_p > 0) & (top_p <= 1)).all(),
-    ]).tolist()
-    for flag, msg in zip(bad, _VALUE_PROBLEMS):
-        if flag:
-            fail(op, msg)
-
-
-def _raise_row_status(op: str, codes: Tensor) -> None:
-    """codes: int64 [B]; negative entries are status codes of bad rows."""
+def raise_row_status(op: str, codes: Tensor) -> None:
+    """codes: int64 [B]; a negative entry is the status.py code of a bad row -> ValueError naming it.
+    Reads the codes on the host: free on CPU, a synchronisation on a GPU (see `check_tokens`)."""
     if codes.numel() == 0 or not values_checkable(codes) or int(codes.min()) >= 0:
         return
     row = int((codes < 0).nonzero()[0, 0])
     fail(op, status.message(int(codes[row]), row))
 
 
+def check_tokens(tokens: Tensor) -> Tensor:
+    """Raise the ValueError of the first bad row of `debias_sample`'s output, else return `tokens`.
+
+    On CUDA `torch.ops.tsdi.debias_sample` never synchronises with the host: a row with invalid parameters, NaN
+    or no finite logit comes back as a negative token id (its status.py code), which no embedding accepts. Call
+    this where the decode loop synchronises anyway (tsdi_kernels.generate does, once per step, together with
+    its stopping check). On CPU the op raises by itself."""
+    raise_row_status("debias_sample", tokens)
+    return tokens
+
+
 def _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength):
     check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
-    if values_checkable(logits):
-        _check_values(op, positions, temperature, top_k, top_p)
     if logits.stride(1) != 1:
         logits = logits.contiguous()  # kernels take any row stride but need unit stride along V
     if bias is not None:
         bias = bias.contiguous()
-    return logits, bias, [t.contiguous() for t in (positions, temperature, top_k, top_p)]
+    return logits, bias
 
 
-def _triton_sample(*args):
+def _triton_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength):
     from .triton_impl import debias_sample
 
-    return debias_sample(*args)
+    rows = [t.contiguous() for t in (positions, temperature, top_k, top_p, seed)]  # the kernels index b directly
+    return debias_sample(logits, bias, *rows, strength), None
 
 
+# Each backend returns (int64 [B] tokens with status codes of bad rows, index of the first bad row or None when
+# the backend does not know it: the op then reads it from the tokens).
 _SAMPLE = {
     "cpp": lambda *args: EXTENSION.debias_sample(*args),
     "triton": _triton_sample,
-    "reference": reference.debias_sample,
+    "reference": lambda *args: (reference.debias_sample(*args), None),
 }
 # debias_probs has no Triton kernel: on CUDA the reference serves it
 _PROBS = {
     "cpp": lambda *args: EXTENSION.debias_probs(*args),
-    "triton": reference.debias_probs,
+    "triton": reference.debias_probs,  # the reference handles any strides
     "reference": reference.debias_probs,
 }
 
 
 def _debias_sample_impl(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0):
     op = "debias_sample"
-    logits, bias, (positions, temperature, top_k, top_p) = _prepare(
-        op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
-    seed = seed.contiguous()
+    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
     if logits.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=logits.device)
     kernel = _SAMPLE[backend_for(logits.device.type)]
-    tokens = kernel(logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
-    _raise_row_status(op, tokens)
+    tokens, bad_row = kernel(logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
+    if bad_row is not None:
+        if bad_row >= 0:
+            fail(op, status.message(int(tokens[bad_row]), bad_row))
+    elif logits.device.type == "cpu":  # on a GPU the codes stay on the device: see check_tokens
+        raise_row_status(op, tokens)
     return tokens
 
 
 def _debias_probs_impl(logits, bias, positions, temperature, top_k, top_p, strength=1.0):
     op = "debias_probs"
-    logits, bias, (positions, temperature, top_k, top_p) = _prepare(
-        op, logits, bias, positions, temperature, top_k, top_p, None, strength)
+    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, None, strength)
     kernel = _PROBS[backend_for(logits.device.type)]
     probs, codes = kernel(logits, bias, positions, temperature, top_k, top_p, float(strength))
-    _raise_row_status(op, codes)
+    raise_row_status(op, codes)  # debias_probs is not a decode-loop op: it may synchronise
     return probs
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..status import ERR_NAN, ERR_NO_FINITE
+from ..status import ERR_NAN, ERR_NO_FINITE, ERR_POSITION, ERR_TEMPERATURE, ERR_TOP_K, ERR_TOP_P
 from .philox import gumbel_noise
 
 
@@ -30,16 +30,20 @@ def debiased_logits(logits, bias, positions, strength: float) -> torch.Tensor:
     if bias is None or bias.shape[0] == 0:
         return z
     in_range = positions < bias.shape[0]
-    rows = bias[positions.clamp(max=bias.shape[0] - 1)]
+    rows = bias[positions.clamp(min=0, max=bias.shape[0] - 1)]  # rows of bad positions are never used
     return torch.where(in_range[:, None], z - strength * rows, z)
 
 
-def _row_status(z: torch.Tensor) -> torch.Tensor:
-    """int64 [B]: 0, ERR_NAN or ERR_NO_FINITE for each row of z."""
+def _row_status(z: torch.Tensor, positions, temperature, top_k, top_p) -> torch.Tensor:
+    """int64 [B]: 0 or the status code of each row (status.py; parameters first, then NaN, then no finite)."""
     status = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
     no_finite = ~torch.isfinite(z).any(dim=1) | (z == float("inf")).any(dim=1)
     status[no_finite] = ERR_NO_FINITE
     status[torch.isnan(z).any(dim=1)] = ERR_NAN
+    status[~((top_p > 0) & (top_p <= 1))] = ERR_TOP_P
+    status[top_k < 0] = ERR_TOP_K
+    status[~(temperature >= 0)] = ERR_TEMPERATURE
+    status[positions < 0] = ERR_POSITION
     return status
 
 
@@ -68,8 +72,8 @@ def _top_p_mask(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 def _filtered(logits, bias, positions, temperature, top_k, top_p, strength):
     """(z, keep, greedy, status): temperature-scaled debiased logits, the kept set, greedy rows, status codes."""
     z = debiased_logits(logits, bias, positions, strength)
-    status = _row_status(z)
-    greedy = temperature == 0
+    status = _row_status(z, positions, temperature, top_k, top_p)
+    greedy = (temperature == 0) | (status != 0)
     safe = torch.where(status[:, None] == 0, z, torch.zeros_like(z))
     scaled = safe / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     keep = _top_k_mask(scaled, top_k)

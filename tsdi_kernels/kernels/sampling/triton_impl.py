@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..status import ERR_NAN as _ERR_NAN, ERR_NO_FINITE as _ERR_NO_FINITE
+from .. import status as _status
 from ..triton_launch import sm_count, split_vocab
 
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
@@ -65,8 +65,12 @@ FLAG_NAN = tl.constexpr(1)
 FLAG_PINF = tl.constexpr(2)
 FLAG_FINITE = tl.constexpr(4)
 FLAG_CUT = tl.constexpr(8)  # a candidate buffer was cut: the candidates are a strict prefix of the ranking
-ERR_NAN = tl.constexpr(_ERR_NAN)
-ERR_NO_FINITE = tl.constexpr(_ERR_NO_FINITE)
+ERR_NAN = tl.constexpr(_status.ERR_NAN)
+ERR_NO_FINITE = tl.constexpr(_status.ERR_NO_FINITE)
+ERR_POSITION = tl.constexpr(_status.ERR_POSITION)
+ERR_TEMPERATURE = tl.constexpr(_status.ERR_TEMPERATURE)
+ERR_TOP_K = tl.constexpr(_status.ERR_TOP_K)
+ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
 NEEDS_FALLBACK = tl.constexpr(-3)  # internal: kernel 2 could not decide the row, kernel 3 will
 
 
@@ -82,6 +86,14 @@ else:
     @triton.jit
     def _sort_desc(x):
         return tl.sort(x, descending=True)
+
+
+@triton.jit
+def _param_status(position, temperature, top_k, top_p):
+    """status.py code of a row's parameters (0 = valid), checked in the kernel: no separate pass, no host sync."""
+    return tl.where(position < 0, ERR_POSITION,
+                    tl.where(~(temperature >= 0.0), ERR_TEMPERATURE,
+                             tl.where(top_k < 0, ERR_TOP_K, tl.where(~((top_p > 0.0) & (top_p <= 1.0)), ERR_TOP_P, 0))))
 
 
 @triton.jit
@@ -144,7 +156,10 @@ def _stream_kernel(
     top_k = tl.load(top_k_ptr + i_b)
     top_p = tl.load(top_p_ptr + i_b)
     seed = tl.load(seed_ptr + i_b)
-    greedy = temperature == 0.0
+    # a row with invalid parameters is streamed as a cheap greedy row without bias; kernel 2 reports its code
+    bad_param = _param_status(position, temperature, top_k, top_p) != 0
+    greedy = (temperature == 0.0) | bad_param
+    position = tl.where(bad_param, n_bias_rows, position)
     inv_scale = tl.where(greedy, 1.0, temperature)  # reference: scaled = z / where(greedy, 1, T)
     no_top_k = (top_k == 0) | (top_k >= vocab)
     unfiltered = (~greedy) & no_top_k & (top_p >= 1.0)
@@ -317,9 +332,12 @@ def _finish_kernel(
 
     no_top_k = (top_k == 0) | (top_k >= vocab)
     token = tl.where(no_top_k & (top_p >= 1.0), u_idx, token)
-    token = tl.where(tl.load(temperature_ptr + i_b) == 0.0, g_idx, token)
+    temperature = tl.load(temperature_ptr + i_b)
+    token = tl.where(temperature == 0.0, g_idx, token)
     out = tl.where((flags & FLAG_NAN) != 0, ERR_NAN,
                    tl.where(((flags & FLAG_PINF) != 0) | ((flags & FLAG_FINITE) == 0), ERR_NO_FINITE, token))
+    param = _param_status(position, temperature, top_k, top_p)
+    out = tl.where(param != 0, param, out)
     tl.store(out_ptr + i_b, out)
 
 
