@@ -33,9 +33,10 @@ constexpr int64_t kChunk = 16384;
 // inserts about (cap / 2) * (1 + ln(n / cap)) candidates, each compaction is an O(cap) nth_element.
 constexpr int64_t kCapTopK = 128;
 // Capacity of top-p-only rows. If the candidates do not carry top_p of the mass (a flat distribution), the row
-// takes a bounded second pass: every token above the mass cutoff below (provably enough), sorted; and if even
+// takes a bounded second pass: every token above the mass cutoff below (provably enough), selected by mass
+// (select_by_mass: only the nucleus is sorted); and if even
 // that fails on rounding, the exact path sorts every finite token.
-constexpr int64_t kCapTopP = 4096;
+constexpr int64_t kCapTopP = 1024;
 // The candidates' mass must exceed top_p by this much before tokens outside them are known to be dropped; it
 // covers the rounding differences between our sums and torch.softmax / torch.cumsum.
 constexpr double kMassMargin = 1e-5;
@@ -86,6 +87,7 @@ struct RowPlan {
 
 struct ChunkOut {
   bool nan = false, posinf = false, finite = false;
+  float dmax = -kInf;  // max debiased (unscaled) logit of the chunk
   float best = -kInf;  // greedy: max debiased logit; kFull: max of z + g
   int64_t best_idx = -1;
   float m = kLowest, s = 0.f;  // sum over the chunk of exp(z - m)
@@ -95,6 +97,7 @@ struct ChunkOut {
 
 struct RowResult {
   int64_t status = 0;
+  bool overflow = false;  // T too small for this row's logits: decided as greedy
   int64_t token = 0;
   float m = kLowest, s = 0.f;  // kFull rows of debias_probs: softmax over all tokens
   std::vector<Cand> kept;      // kFilter rows: kept tokens, z replaced by their probability (debias_probs)
@@ -227,6 +230,7 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   out.nan = movemask(nan_acc) != 0;
   out.posinf = dmx == kInf;
   out.finite = dmx > -kInf && dmx < kInf;
+  out.dmax = dmx;
   out.best = best;
   out.best_idx = best_idx;
   out.cutoff = cutoff;
@@ -292,6 +296,30 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
   return true;
 }
 
+// Top-p rows without top-k: instead of sorting every candidate (tens of thousands on a flat row), moves to the
+// front the smallest set of largest values whose mass exp(z - m) / s reaches p + 2 margins, found by selections of
+// growing size j = 256, 1024, ... (each O(n)); ties with the j-th value join the set, so it is every token with
+// z >= some threshold. Sorts that prefix in HF order and returns its length (n when no prefix is heavy enough:
+// the caller's keep rule then reports it). Tokens outside carry mass ranked above them >= p: never kept.
+int64_t select_by_mass(std::vector<Cand>& c, float m, float s, float p) {
+  const int64_t n = static_cast<int64_t>(c.size());
+  const double target = (static_cast<double>(p) + 2 * kMassMargin) * s;
+  int64_t end = n;
+  for (int64_t j = 256; j < n; j *= 4) {
+    std::nth_element(c.begin(), c.begin() + (j - 1), c.end(), [](const Cand& a, const Cand& b) { return a.z > b.z; });
+    const float kth = c[j - 1].z;
+    const int64_t stop = std::partition(c.begin() + j, c.end(), [kth](const Cand& e) { return e.z >= kth; }) - c.begin();
+    double mass = 0.0;
+    for (int64_t i = 0; i < stop; ++i) mass += sexp(c[i].z - m);
+    if (mass >= target) {
+      end = stop;
+      break;
+    }
+  }
+  std::sort(c.begin(), c.begin() + end, hf_before);
+  return end;
+}
+
 // Gumbel-max over the kept tokens: argmax z + g, ties to the lowest index; all -inf -> 0 like torch.argmax.
 int64_t gumbel_max(const std::vector<Cand>& kept, const RowPlan& rp) {
   const PhiloxRow philox(rp.seed, rp.position);
@@ -312,9 +340,22 @@ int64_t gumbel_max(const std::vector<Cand>& kept, const RowPlan& rp) {
   return best_idx;
 }
 
+// First index of the largest debiased logit of a row (greedy decision of an overflowing temperature; rare).
+template <typename T>
+int64_t argmax_row(const RowPlan& rp, int64_t vocab) {
+  const T* x = static_cast<const T*>(rp.x);
+  float best = -kInf;
+  int64_t idx = 0;
+  for (int64_t v = 0; v < vocab; ++v) {
+    const float d = rp.bias ? static_cast<float>(x[v]) - rp.strength * rp.bias[v] : static_cast<float>(x[v]);
+    if (d > best) best = d, idx = v;
+  }
+  return idx;
+}
+
 // The exact path: every finite token of the row (all zeros for a bad row, as the reference does), sorted.
 template <typename T>
-std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row, float zmin) {
+std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row, float zmin, bool sorted = true) {
   std::vector<Cand> c;
   c.reserve(vocab);
   const T* x = static_cast<const T*>(rp.x);
@@ -326,7 +367,7 @@ std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row, fl
     }
     if (z > -kInf && z >= zmin) c.push_back({z, static_cast<int32_t>(v)});
   }
-  std::sort(c.begin(), c.end(), hf_before);
+  if (sorted) std::sort(c.begin(), c.end(), hf_before);
   return c;
 }
 
@@ -427,12 +468,14 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       RowResult& res = results[b];
       const ChunkOut* ch = &chunks[b * nchunk];
       bool nan = false, posinf = false, finite = false;
+      float dmax = -kInf;
       float best = -kInf, m = kLowest, cutoff = kLowest;
       int64_t best_idx = 0;
       for (int64_t c = 0; c < nchunk; ++c) {
         nan |= ch[c].nan;
         posinf |= ch[c].posinf;
         finite |= ch[c].finite;
+        dmax = std::max(dmax, ch[c].dmax);
         if (ch[c].best_idx >= 0 && ch[c].best > best) best = ch[c].best, best_idx = ch[c].best_idx;
         m = std::max(m, ch[c].m);
         cutoff = std::max(cutoff, ch[c].cutoff);
@@ -446,6 +489,13 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       if (bad && !probs_mode) continue;
       if (rp.mode == Mode::kGreedy) {
         res.token = bad ? 0 : best_idx;
+        continue;
+      }
+      // A temperature so small that the largest logit divided by it overflows float32 (e.g. 1e-40) leaves no
+      // finite scaled logit to compare: such a row is the T -> 0 limit, greedy (status.py documents it).
+      if (!bad && !std::isfinite(dmax / rp.temp)) {
+        res.overflow = true;
+        res.token = argmax_row<T>(rp, vocab);
         continue;
       }
       if (rp.mode == Mode::kFull && !bad) {
@@ -473,12 +523,22 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
           cand.erase(std::partition(cand.begin(), cand.end(), [kth](const Cand& e) { return e.z >= kth; }),
                      cand.end());
         }
-        std::sort(cand.begin(), cand.end(), hf_before);
         // no chunk ever compacted -> the candidates are all finite tokens
-        done = keep_rule(cand, cutoff == kLowest, rp.top_k, rp.top_p, s, res.kept, s_kept);
+        bool complete = cutoff == kLowest;
+        if (k == 0) {
+          const int64_t end = select_by_mass(cand, m, s, rp.top_p);
+          complete &= end == static_cast<int64_t>(cand.size());
+          cand.resize(end);
+        } else {
+          std::sort(cand.begin(), cand.end(), hf_before);
+        }
+        done = keep_rule(cand, complete, rp.top_k, rp.top_p, s, res.kept, s_kept);
       }
       if (!done && !bad && rp.gap < kInf) {  // second pass: every token above the mass cutoff (a flat row)
-        const auto above = all_tokens<T>(rp, vocab, false, m - rp.gap);
+        // With the row's sum s known, tokens below m - (gap - log s) carry at most V e^(gap_s - gap) / s
+        // = 1 - p - 2 margins of the mass, so the cutoff tightens by log(s) >= 0 (s >= 1: the max counts 1).
+        auto above = all_tokens<T>(rp, vocab, false, m - (rp.gap - std::log(std::max(s, 1.f))), false);
+        above.resize(select_by_mass(above, m, s, rp.top_p));
         done = keep_rule(above, false, rp.top_k, rp.top_p, s, res.kept, s_kept);
       }
       if (!done) {  // exact path: every finite token, sorted
@@ -510,7 +570,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       const RowPlan& rp = plans[b];
       const RowResult& res = results[b];
       float* out = probs + b * vocab;
-      if (rp.mode == Mode::kFull && res.status == 0) {  // softmax of all tokens: exp(z - m) / s
+      if (rp.mode == Mode::kFull && res.status == 0 && !res.overflow) {  // softmax of all tokens: exp(z - m) / s
         const T* x = static_cast<const T*>(rp.x);
         const Vec vs(rp.strength), vt(rp.temp), vm(res.m), vinv(1.f / res.s);
         for (int64_t v = v0; v < v1; v += kW) {
@@ -522,7 +582,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
         continue;
       }
       std::fill(out + v0, out + v1, 0.f);
-      if (rp.mode == Mode::kGreedy) {
+      if (rp.mode == Mode::kGreedy || res.overflow) {
         if (res.token >= v0 && res.token < v1) out[res.token] = 1.f;
         continue;
       }

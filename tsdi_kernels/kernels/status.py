@@ -7,6 +7,10 @@ and, on a GPU, a host round-trip per call). The reference and the Triton kernels
 setup.py executes this file and passes them to the C++ kernels as -DTSDI_ERR_* macros, so the backends cannot
 drift apart. It imports nothing on purpose (setup.py runs it before torch is importable in a build environment).
 
+A temperature > 0 so small that the row's largest debiased logit divided by it overflows float32 (e.g. 1e-40)
+is not an error: the row is decided greedily, its T -> 0 limit, by every backend (never a token drawn from
+overflowed values).
+
 When a row has several problems, the first in this order is reported: parameters (position, temperature, top-k,
 top-p), then NaN, then no finite logit / +inf."""
 

@@ -73,8 +73,10 @@ def _filtered(logits, bias, positions, temperature, top_k, top_p, strength):
     """(z, keep, greedy, status): temperature-scaled debiased logits, the kept set, greedy rows, status codes."""
     z = debiased_logits(logits, bias, positions, strength)
     status = _row_status(z, positions, temperature, top_k, top_p)
-    greedy = (temperature == 0) | (status != 0)
     safe = torch.where(status[:, None] == 0, z, torch.zeros_like(z))
+    # T so small that max(z) / T overflows float32: no finite scaled logit is left to compare; the row is decided
+    # as its T -> 0 limit, greedy (status.py).
+    greedy = (temperature == 0) | ((temperature > 0) & ~torch.isfinite(safe.max(dim=1).values / temperature))
     scaled = safe / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     keep = _top_k_mask(scaled, top_k)
     scaled_k = scaled.masked_fill(~keep, float("-inf"))

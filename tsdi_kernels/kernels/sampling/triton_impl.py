@@ -333,7 +333,9 @@ def _finish_kernel(
     no_top_k = (top_k == 0) | (top_k >= vocab)
     token = tl.where(no_top_k & (top_p >= 1.0), u_idx, token)
     temperature = tl.load(temperature_ptr + i_b)
-    token = tl.where(temperature == 0.0, g_idx, token)
+    # T so small that max(z) / T overflows float32: decided as greedy (the T -> 0 limit, status.py)
+    overflow = (temperature > 0.0) & (tl.abs(g_val / temperature) == float("inf"))
+    token = tl.where((temperature == 0.0) | overflow, g_idx, token)
     out = tl.where((flags & FLAG_NAN) != 0, ERR_NAN,
                    tl.where(((flags & FLAG_PINF) != 0) | ((flags & FLAG_FINITE) == 0), ERR_NO_FINITE, token))
     param = _param_status(position, temperature, top_k, top_p)
