@@ -20,13 +20,20 @@ def sm_count(device: torch.device) -> int:
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+# Resident CTAs per SM of the streaming kernels, from their compiled register counts (compile_check for sm_90:
+# <= 128 registers x 128 threads = 16384 of the SM's 65536 registers -> 4 CTAs). A grid of at most
+# n_sm * CTAS_PER_SM programs runs in ONE wave; one more program would start a second wave and double the time.
+CTAS_PER_SM = 4
+
+
 def split_vocab(rows: int, vocab: int, block: int, n_sm: int, max_splits: int, *, interp: bool,
                 splits=None) -> tuple[int, int]:
     """(splits, chunk): cut each of `rows` rows into `splits` chunks of `chunk` (a multiple of `block`) tokens.
-    Splits fill ~4 programs per SM when the rows alone would leave SMs idle, with at least 4 tiles per program
-    and at most `max_splits`; the interpreter runs one split (programs are serial there)."""
+    As many splits as fit in one wave (rows * splits <= n_sm * CTAS_PER_SM, rounded down), with at least 4 tiles
+    per program and at most `max_splits`; the interpreter runs one split (programs are serial there). Rows alone
+    beyond one wave (rows > n_sm * CTAS_PER_SM) get one split each."""
     if splits is None:
-        splits = 1 if interp else max(1, min(cdiv(4 * n_sm, rows), cdiv(vocab, 4 * block), max_splits))
+        splits = 1 if interp else max(1, min((CTAS_PER_SM * n_sm) // rows, cdiv(vocab, 4 * block), max_splits))
     splits = min(splits, max_splits)
     chunk = cdiv(cdiv(vocab, splits), block) * block
     return cdiv(vocab, chunk), chunk

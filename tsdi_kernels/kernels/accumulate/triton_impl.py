@@ -181,7 +181,8 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
     """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
     counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation.
-    Stage 1 splits each row into `splits` chunks when B * L rows alone would leave SMs idle (~4 programs/SM)."""
+    Stage 1 splits each row into `splits` chunks when B * L rows alone would leave SMs idle
+    (one wave of 4 programs per SM, triton_launch.split_vocab)."""
     batch, length, vocab = aligned.shape
     device = aligned.device
     where = torch.full((2,), -1, dtype=torch.int64, device=device)

@@ -34,8 +34,9 @@ select, as torch.topk does). The common case reads the logits once, writes 8 byt
 
 Bytes moved (common case): B * V * elem (logits, read once) + B * V * 4 when a bias row applies (fp32 rows,
 L2 hits when rows share positions) + scratch of B * S * (16 + 8 * KEEP) bytes (L2) + 8 * B out.
-B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s. Splits on 132 SMs (~4 programs per SM, so that
-enough 1 KB tiles are in flight): S = 9 at B = 64 (576 programs), 63 at B = 1, 3 at B = 256.
+B=64, V=128256, bf16: 16.4 MB of logits, ~5.5 us at 3 TB/s. Splits on 132 SMs, as many as fit
+in ONE wave of 4 resident programs per SM (triton_launch.split_vocab): S = 63 at B = 1 and 8 (63 / 504 programs),
+8 at B = 64 (512), 2 at B = 256 (512); 528 fit.
 Noise: u = uint_to_uniform_float(philox(seed, v + position * 2**32)), g = -log(-log(u)), as philox.py
 (on the GPU tl.log is an approximate log, hence "same tokens up to float rounding").
 No host synchronisation: grids and scratch sizes depend on shapes only (CUDA-graph capturable).
@@ -436,7 +437,7 @@ MAX_SPLITS = 64
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
     """Launch plan for a [batch, vocab] call: tile BLOCK, candidates KEEP, splits S, chunk per split, warps.
-    Splits fill ~4 programs per SM at small batch (bytes in flight: one BLOCK tile per program at a time), with
+    Splits fill one wave of 4 programs per SM (triton_launch.split_vocab) (bytes in flight: one BLOCK tile per program at a time), with
     at least 4 tiles per program, at most MAX_SPLITS (kernel 2 merges the S partials as one vector).
     Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP + BLOCK =
     1024 int64 keys while it cuts its buffer: 96 registers), finish kernel 4 (sorts 2 * KEEP keys: 107 on sm_90;
