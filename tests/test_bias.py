@@ -145,3 +145,78 @@ def test_to_device(tok):
     table, _ = make_table(tok)
     moved = table.to("cpu")
     assert moved is not table and torch.equal(moved.mean, table.mean) and moved.metadata == table.metadata
+
+
+def write_table(path, tensors, meta):
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+@pytest.mark.parametrize("case, field", [
+    ("nan-mean", "`mean`"), ("inf-mean", "`mean`"), ("nan-m2", "`m2`"), ("inf-m2", "`m2`"),
+    ("negative-m2", "`m2`"), ("negative-count", "`count`"),
+    ("version-true", "format_version"), ("version-string", "format_version"), ("version-float", "format_version"),
+    ("fingerprint-int", "tokenizer_fingerprint"), ("fingerprint-list", "tokenizer_fingerprint"),
+    ("normalize-string", "normalize"), ("length-string", "length"), ("vocab-bool", "vocab_size"),
+])
+def test_load_refuses_bad_values_naming_file_and_field(tok, tmp_path, case, field):
+    """A file is validated, never trusted: statistics that no estimation produces, or metadata of the wrong type,
+    are a ValueError naming the file and the field (not NaN tables, -inf logits or a TypeError later)."""
+    table, _ = make_table(tok)
+    tensors = {"mean": table.mean.clone(), "m2": table.m2.clone(), "count": table.count.clone()}
+    meta = {"format_version": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint(tok)}
+    kind, _, what = case.partition("-")
+    if case in ("nan-mean", "inf-mean", "nan-m2", "inf-m2"):
+        tensors[what][1, 5] = float(kind)
+    elif case == "negative-m2":
+        tensors["m2"][0, 0] = -1.0
+    elif case == "negative-count":
+        tensors["count"][2] = -3
+    elif case == "version-true":
+        meta["format_version"] = True  # JSON true == 1 in Python: must not pass for version 1
+    elif case == "version-string":
+        meta["format_version"] = "1"
+    elif case == "version-float":
+        meta["format_version"] = 1.0
+    elif case == "fingerprint-int":
+        meta["tokenizer_fingerprint"] = 12345
+    elif case == "fingerprint-list":
+        meta["tokenizer_fingerprint"] = ["sha256:"]
+    elif case == "normalize-string":
+        meta["normalize"] = "yes"
+    elif case == "length-string":
+        meta["length"] = "3"
+    elif case == "vocab-bool":
+        meta["vocab_size"] = True
+    path = tmp_path / "t.safetensors"
+    write_table(path, tensors, meta)
+    with pytest.raises(ValueError) as info:
+        BiasTable.load(path, tokenizer=tok)
+    assert field in str(info.value) and str(path) in str(info.value)
+
+
+def test_load_a_directory_or_fifo_says_what_it_is(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        BiasTable.load(tmp_path)
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):  # and never opens it (that would block)
+        BiasTable.load(fifo)
+
+
+@pytest.mark.parametrize("name, tensors", [
+    ("`mean`", (torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2), torch.ones(1, dtype=torch.int64))),
+    ("`m2`", (torch.zeros(1, 2), torch.tensor([[0.0, -1.0]]), torch.ones(1, dtype=torch.int64))),
+    ("`count`", (torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([-1]))),
+])
+def test_constructor_refuses_bad_statistics(name, tensors):
+    """A negative count would make every later logit_mean_update divide by a wrong n (-inf means, silently)."""
+    with pytest.raises(ValueError, match=name):
+        BiasTable(*tensors)
+
+
+def test_check_tokenizer_with_a_non_string_fingerprint(tok):
+    table, _ = make_table(tok)
+    table.metadata["tokenizer_fingerprint"] = 7
+    with pytest.raises(ValueError, match="tokenizer_fingerprint"):
+        table.check_tokenizer(tok)

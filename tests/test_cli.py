@@ -1,12 +1,15 @@
 """The `tsdi` command line end to end in a temporary folder, and its one-line errors."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from tiny_models import single_thread, tiny_llama, tiny_tokenizer
 
-from tsdi_kernels import BiasTable
+from tsdi_kernels import BiasTable, cli
 from tsdi_kernels.cli import main
 
 
@@ -147,3 +150,128 @@ def test_console_entry_point_has_no_traceback(models, tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("tsdi: error:")]
     assert len(errors) == 1 and "same vocabulary" in errors[0] and "Traceback" not in proc.stderr
+
+
+# --- checks before expensive work, one line instead of a traceback (issue 11 items 5, 6) -------------------------
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if a model, a tokenizer or the demo's model pair is loaded: every check below must come first."""
+    from tsdi_kernels.demo import models as demo_models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the arguments were checked")
+
+    for target, name in ((cli, "_load_model"), (cli, "_load_tokenizer"), (demo_models, "load_pair"),
+                         (demo_models, "load_reference"), (demo_models, "default_model_dir")):
+        monkeypatch.setattr(target, name, loaded)
+
+
+def write_checkpoint(path, **meta):
+    """A checkpoint file as `tsdi estimate --num-prompts 8 --length 2 --batch-size 8` writes it (0 batches)."""
+    header = {"format_version": 1, "kind": "tsdi-estimate-checkpoint", "batches_done": 0, "seed": 0,
+              "num_prompts": 8, "batch_size": 8, "length": 2, "pool": "vocab", "prompt_tokens": [8, 32],
+              "normalize": True, "vocab_size": 320, "use_chat_template": True, **meta}
+    save_file({"mean": torch.zeros(2, 320), "m2": torch.zeros(2, 320), "count": torch.zeros(2, dtype=torch.int64)},
+              str(path), metadata={k: json.dumps(v) for k, v in header.items()})
+
+
+def write_adapter(path):
+    save_file({"model.layers.0.mlp.up_proj.lora_A": torch.zeros(2, 32)}, str(path), metadata={"scale": "1.0"})
+
+
+EST = ["estimate", "--aligned", "{aligned}", "--reference", "{ref}", "--num-prompts", "8", "--length", "2",
+       "--batch-size", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (EST + ["-o", "{tmp}"], "is a directory"),
+    (EST + ["-o", "{tmp}/missing/x.safetensors"], "does not exist"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/missing/run.ckpt"], "--checkpoint"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/folder"], "is a directory"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/huge.ckpt"], "batches_done"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/null.ckpt"], "batches_done"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/seed1.ckpt"], "seed=1"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--checkpoint", "{tmp}/x.safetensors"], "--checkpoint"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--device", "meta"], "--device: 'meta' is not supported"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--seed", "-1"], "--seed"),
+    (EST + ["-o", "{tmp}/x.safetensors", "--pool", "{tmp}/folder"], "is a directory"),
+    (EST[:2] + ["{tmp}/folder"] + EST[3:] + ["-o", "{tmp}/x.safetensors"], "no config.json"),
+    (["generate", "--model", "{tmp}/folder", "--prompt", "x"], "no config.json"),
+    (["generate", "--model", "{aligned}", "--prompt", "x", "--seed", "18446744073709551616"], "--seed"),
+    (["generate", "--model", "{aligned}", "--prompt", "x", "--strength", "nan"], "expected a finite number"),
+    (["generate", "--model", "{aligned}", "--prompt", "x", "--strength", "inf"], "expected a finite number"),
+    (["generate", "--model", "{aligned}", "--prompt", "x", "--temperature", "inf"], "--temperature"),
+    (["generate", "--model", "{aligned}", "--prompt", "x", "--device", "meta"], "--device"),
+    (["generate", "--model", "{aligned}", "--bias", "{tmp}/fingerprint.safetensors", "--prompt", "x"],
+     "tokenizer_fingerprint"),
+    (["generate", "--model", "{aligned}", "--bias", "{tmp}/folder", "--prompt", "x"], "is a directory"),
+    (["generate", "--model", "{aligned}", "--prompts-file", "{tmp}/folder"], "is a directory"),
+    (["inspect", "{tmp}/fingerprint.safetensors"], "tokenizer_fingerprint"),
+    (["inspect", "{tmp}/folder"], "is a directory"),
+    (["inspect", "{tmp}/good.safetensors", "--plot", "{tmp}/missing/p.png"], "--plot"),
+    (["inspect", "{tmp}/good.safetensors", "--plot", "{tmp}/folder"], "--plot"),
+    (["demo", "--prompts", "{tmp}/nofile.json"], "--prompts"),
+    (["demo", "--prompts", "{tmp}/folder"], "is a directory"),
+    (["demo", "--adapter", "{tmp}/missing.safetensors"], "--adapter"),
+    (["demo", "--adapter", "{tmp}/corrupt.safetensors"], "not a readable safetensors file"),
+    (["demo", "--adapter", "{tmp}/noscale.safetensors"], "scale"),
+    (["demo", "--strengths", "inf"], "--strengths"),
+    (["demo", "--strengths", "nan"], "--strengths"),
+    (["demo", "--temperature", "inf"], "--temperature"),
+    (["demo", "--model", "{tmp}/folder"], "no config.json"),
+    (["demo", "--out", "{tmp}/corrupt.safetensors"], "--out"),
+    (["demo", "--seed", "-1"], "--seed"),
+])
+def test_bad_paths_and_values_fail_before_anything_is_loaded(models, tmp_path, capsys, no_loading, argv, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "corrupt.safetensors").write_bytes(b"garbage")
+    write_checkpoint(tmp_path / "huge.ckpt", batches_done=10**9)
+    write_checkpoint(tmp_path / "null.ckpt", batches_done=None)
+    write_checkpoint(tmp_path / "seed1.ckpt", seed=1)
+    write_checkpoint(tmp_path / "x.safetensors")
+    table = BiasTable.empty(2, 320)
+    table.save(tmp_path / "good.safetensors")
+    table.copy(metadata={"tokenizer_fingerprint": 12345}).save(tmp_path / "fingerprint.safetensors")
+    save_file({"x.lora_A": torch.zeros(2, 2)}, str(tmp_path / "noscale.safetensors"))
+    argv = [a.format(tmp=tmp_path, **models) for a in argv]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing done before the error (no table printed, no "loading ...")
+    errors = [line for line in captured.err.splitlines() if line.startswith("tsdi: error:")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in captured.err, captured.err
+    assert message in errors[0]
+
+
+def test_multi_line_errors_are_reported_whole(models, tmp_path, capsys):
+    """A tokenizer folder without a tokenizer: transformers' message has several lines; the whole of it is on the
+    one error line (it used to stop at "Couldn't instantiate the backend tokenizer from one of:")."""
+    (tmp_path / "empty").mkdir()
+    rc = main(["generate", "--model", models["aligned"], "--tokenizer", str(tmp_path / "empty"), "--prompt", "x"])
+    line = one_line_error(capsys, rc)
+    assert "--tokenizer" in line and not line.rstrip().endswith(":")
+    assert cli._one_line(ValueError("one of:\n(1) a\n  (2) b\n")) == "ValueError: one of: (1) a (2) b"
+
+
+def test_seed_range_is_int64(models, capsys):
+    """Sampling seeds are int64: the extremes are accepted (row b uses seed + b, wrapping around)."""
+    base = ["generate", "--model", models["aligned"], "--prompt", "x", "--prompt", "y", "--max-new-tokens", "2"]
+    assert main(base + ["--seed", str(2**63 - 1)]) == 0
+    assert main(base + ["--seed", str(-2**63)]) == 0
+    capsys.readouterr()
+    assert "--seed" in one_line_error(capsys, main(base + ["--seed", str(2**63)]))
+
+
+def test_estimate_into_a_checkpoint_written_for_a_partial_last_batch(models, tmp_path, capsys):
+    """The CLI resumes a finished checkpoint (count = num_prompts, last batch partial) without re-counting."""
+    out, ckpt = tmp_path / "b.safetensors", tmp_path / "run.ckpt"
+    argv = ["estimate", "--aligned", models["aligned"], "--reference", models["ref"], "-o", str(out),
+            "--num-prompts", "10", "--batch-size", "4", "--length", "2", "--prompt-tokens", "2", "4",
+            "--checkpoint", str(ckpt), "--no-progress"]
+    assert main(argv) == 0
+    first = BiasTable.load(out)
+    assert main(argv) == 0
+    capsys.readouterr()
+    again = BiasTable.load(out)
+    assert again.count.tolist() == [10, 10] and torch.equal(again.mean, first.mean)

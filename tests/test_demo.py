@@ -1,6 +1,8 @@
 """The demo's code path (estimate, generate per configuration, table, JSON, plot) on tiny offline models."""
 import argparse
 import json
+import os
+import stat
 import pytest
 import torch
 
@@ -131,3 +133,43 @@ def test_help_documents_options(entry, capsys):
     out = capsys.readouterr().out
     for option in ("--model", "--num-prompts", "--length", "--strengths", "--out", "--seed", "--max-new-tokens"):
         assert option in out
+
+
+def test_python_m_demo_checks_before_loading(tmp_path, monkeypatch, capsys):
+    """`python -m tsdi_kernels.demo` with a bad option: one error line, before the model pair is loaded."""
+    from tsdi_kernels.demo import models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model pair was loaded before the options were checked")
+
+    monkeypatch.setattr(models, "load_pair", loaded)
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not safetensors")
+    for argv, message in ((["--prompts", str(tmp_path / "nofile.json")], "does not exist"),
+                          (["--adapter", str(tmp_path / "corrupt.safetensors")], "not a readable safetensors"),
+                          (["--adapter", str(tmp_path)], "is a directory"),
+                          (["--model", str(tmp_path)], "no config.json"),
+                          (["--threads", "-1"], "--threads")):
+        assert demo.main(argv + ["--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_sampling_seeds_wrap_around_int64(tiny, prompts_file):
+    """--seed is at most 2**63 - 1 and row b uses seed + b: the row seeds wrap around in int64, no overflow."""
+    tok, aligned, _ = tiny
+    prompts = demo.load_prompts(prompts_file)["harmless"]
+    gen = dict(max_new_tokens=2, batch_size=3, temperature=0.7)
+    top, _ = demo.generate_answers(aligned, tok, prompts, seed=2**63 - 1, **gen)
+    low, _ = demo.generate_answers(aligned, tok, prompts[1:], seed=-2**63, **gen)
+    assert top[1:] == low  # row 1 of the first call is seed 2**63 == -2**63 after wrapping
+
+
+def test_results_json_is_written_atomically_with_the_umask(tmp_path):
+    rows = [demo.ConfigResult("reference", None, {"harmless": 0.1, "harmful": 0.2}, 10, 2.0)]
+    old = os.umask(0o022)
+    try:
+        path = demo.write_results(tmp_path, rows, {"x": 1})
+    finally:
+        os.umask(old)
+    assert json.loads(path.read_text())["x"] == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and [p.name for p in tmp_path.iterdir()] == ["results.json"]

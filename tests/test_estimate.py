@@ -5,6 +5,8 @@ s(x) = logsumexp(R + b[t]) - logsumexp(R) depends on the context only through on
 b[t] minus a per-position constant, which softmax ignores, so the centred estimate must match b[t]."""
 import functools
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ from tiny_models import single_thread, tiny_llama, tiny_pair, tiny_tokenizer
 
 import tsdi_kernels
 from tsdi_kernels import BiasTable, estimate_bias
+from tsdi_kernels.kernels import library as _library
+from tsdi_kernels.kernels.accumulate import op as _accumulate_op
+from tsdi_kernels.kernels.accumulate import reference as _accumulate_reference
 from tsdi_kernels.pipeline import estimate as estimate_mod
 from tsdi_kernels.pipeline.prompts import PromptTemplate, prompt_batch, token_pool
 
@@ -274,3 +279,203 @@ def test_table_from_estimate_saves_and_loads(pair, tmp_path):
     loaded = BiasTable.load(tmp_path / "b.safetensors", tokenizer=pair[0])
     assert torch.equal(loaded.mean, table.mean) and loaded.metadata["seed"] == 0
     assert math.isfinite(float(loaded.stderr.max()))
+
+
+# --- interrupts, on every backend, and checkpoints validated (issue 11 items 1, 2, 5) ----------------------------
+
+# the CPU backends (Triton serves CUDA tensors; the half-applied update below is simulated whatever the backend)
+BACKENDS = [b for b in _library.AVAILABLE["cpu"] if b != "cpp" or _library.HAS_EXTENSION]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with tsdi_kernels.use_backend("cpu", request.param):
+        yield request.param
+
+
+def assert_same_table(a, b):
+    for name in ("mean", "m2", "count"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_ctrl_c_after_a_partial_last_batch_is_not_counted_twice(pair, tmp_path, monkeypatch, backend):
+    """10 prompts in batches of 4: Ctrl-C right after the last (2-row) batch is folded in. The checkpoint must say
+    3 batches (count 10), not 10 // 4 = 2, or the resumed run folds the last batch in again (count 12)."""
+    tok, ref, aligned, _ = pair
+    kw = dict(num_prompts=10, batch_size=4, seed=8, progress=False)
+    full = estimate_bias(aligned, ref, tok, length=L, **kw)
+    assert full.count.tolist() == [10] * L
+    real_max_stderr, calls = estimate_mod._max_stderr, []
+
+    def stderr_then_ctrl_c(acc):  # runs after each batch is folded in, for the progress bar
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_max_stderr(acc)
+
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(estimate_mod, "_max_stderr", stderr_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_bias(aligned, ref, tok, length=L, checkpoint=ckpt, **{**kw, "progress": True})
+    monkeypatch.setattr(estimate_mod, "_max_stderr", real_max_stderr)
+    assert len(calls) == 3
+    assert checkpoint_batches(ckpt) == 3
+    resumed = estimate_bias(aligned, ref, tok, length=L, checkpoint=ckpt, **kw)
+    assert_same_table(resumed, full)
+
+
+def test_ctrl_c_inside_an_update_never_checkpoints_half_a_batch(pair, tmp_path, monkeypatch, backend):
+    """An update in several steps (Triton launches mean/M2 and count separately) interrupted between them: the
+    checkpoint holds the statistics before that batch, and the resumed table is bitwise the uninterrupted one."""
+    tok, ref, aligned, _ = pair
+    kw = dict(num_prompts=24, batch_size=8, seed=9, progress=False)
+    full = estimate_bias(aligned, ref, tok, length=L, **kw)
+    real, calls = _accumulate_op._UPDATE[backend], []
+
+    def half_then_ctrl_c(mean, m2, count, *args):
+        calls.append(1)
+        if len(calls) < 2:
+            return real(mean, m2, count, *args)
+        scratch = [t.clone() for t in (mean, m2, count)]
+        real(*scratch, *args)
+        mean.copy_(scratch[0])  # mean is updated, M2 and count are not yet ...
+        raise KeyboardInterrupt  # ... when Ctrl-C arrives
+
+    monkeypatch.setitem(_accumulate_op._UPDATE, backend, half_then_ctrl_c)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        estimate_bias(aligned, ref, tok, length=L, checkpoint=ckpt, **kw)
+    monkeypatch.setitem(_accumulate_op._UPDATE, backend, real)
+    assert checkpoint_batches(ckpt) == 1
+    saved = BiasTable.load(ckpt)
+    first = estimate_bias(aligned, ref, tok, length=L, num_prompts=8, batch_size=8, seed=9, progress=False)
+    assert_same_table(saved, first)  # exactly batch 0, nothing of batch 1
+    resumed = estimate_bias(aligned, ref, tok, length=L, checkpoint=ckpt, **kw)
+    assert_same_table(resumed, full)
+
+
+def test_reference_update_is_all_or_nothing_under_ctrl_c():
+    """KeyboardInterrupt delivered at every line of the reference logit_mean_update in turn: the statistics are
+    always those before the batch or those after it, never a mix (mean updated, M2 / count not)."""
+    gen = torch.Generator().manual_seed(0)
+    a, r = torch.randn(5, 3, 7, generator=gen), torch.randn(5, 3, 7, generator=gen)
+    start = [torch.randn(3, 7, generator=gen), torch.rand(3, 7, generator=gen), torch.full((3,), 4, dtype=torch.int64)]
+    after = [t.clone() for t in start]
+    _accumulate_reference.logit_mean_update(*after, a, r, None, True)
+    code = _accumulate_reference.logit_mean_update.__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
+    interrupted = 0
+    for target in lines:
+        state = [t.clone() for t in start]
+
+        def tracer(frame, event, arg, target=target):
+            if frame.f_code is not code:
+                return None
+            if event == "line" and frame.f_lineno == target:
+                raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            _accumulate_reference.logit_mean_update(*state, a, r, None, True)
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.settrace(None)
+        same = [torch.equal(s, x) for s, x in zip(state, start)]
+        done = [torch.equal(s, x) for s, x in zip(state, after)]
+        assert all(same) or all(done), (target, same, done)
+    assert interrupted >= 5
+
+
+CKPT_RUN = dict(num_prompts=40, batch_size=8, seed=3, progress=False)
+_DROP = object()  # rewrite_checkpoint: remove this metadata key
+
+
+def make_checkpoint(pair, tmp_path, **kw):
+    """A checkpoint after 2 of the 5 batches of 40 prompts (batch size 8), as Ctrl-C leaves it."""
+    tok, ref, aligned, _ = pair
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        estimate_bias(Interrupt(aligned, 3, KeyboardInterrupt()), ref, tok, length=L, checkpoint=ckpt,
+                      **{**CKPT_RUN, **kw})
+    assert checkpoint_batches(ckpt) == 2
+    return ckpt
+
+
+def rewrite_checkpoint(path, *, tensors=None, **meta_changes):
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        stats = {k: f.get_tensor(k) for k in f.keys()}
+    stats.update(tensors or {})
+    for key, value in meta_changes.items():
+        if value is _DROP:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    save_file(stats, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(batches_done="1000000000"), "batches_done"),
+    (dict(batches_done="6"), "batches_done"),
+    (dict(batches_done="-1"), "batches_done"),
+    (dict(batches_done="null"), "batches_done"),
+    (dict(batches_done=_DROP), "batches_done"),
+    (dict(batches_done="true"), "batches_done"),
+    (dict(batches_done="2.0"), "batches_done"),
+    (dict(batches_done='"2"'), "batches_done"),
+    (dict(batches_done="1"), "count"),          # consistent with count 16 only at 2 batches
+    (dict(batches_done="5"), "count"),
+    (dict(format_version="true"), "format_version"),
+    (dict(kind='"something else"'), "kind"),
+    (dict(batch_size="0"), "batch_size"),
+    (dict(tensors={"mean": torch.full((L, 320), float("nan"))}), "`mean`"),
+    (dict(tensors={"m2": torch.full((L, 320), -1.0)}), "`m2`"),
+    (dict(tensors={"count": torch.full((L,), -16, dtype=torch.int64)}), "`count`"),
+    (dict(tensors={"count": torch.tensor([16, 16, 8, 16])}), "`count`"),
+], ids=lambda v: None if isinstance(v, dict) else v)
+def test_bad_checkpoints_are_refused_naming_file_and_field(pair, tmp_path, change, field):
+    """A checkpoint is validated, never trusted: batches_done = 10**9 used to return a partial table, a count
+    that disagrees with batches_done or NaN means were folded in, missing / null batches_done was a KeyError /
+    TypeError. Each is a ValueError naming the file and the field, before any forward pass."""
+    tok, ref, aligned, _ = pair
+    ckpt = make_checkpoint(pair, tmp_path)
+    rewrite_checkpoint(ckpt, **change)
+    never = Interrupt(aligned, 1, AssertionError("forward was called"))
+    with pytest.raises(ValueError) as info:
+        estimate_bias(never, ref, tok, length=L, checkpoint=ckpt, **CKPT_RUN)
+    assert field in str(info.value) and str(ckpt) in str(info.value)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing/run.ckpt", "does not exist"), ("folder", "is a directory"), ("fifo", "not a regular file"),
+    ("file/run.ckpt", "not a folder"),
+])
+def test_unusable_checkpoint_path_fails_before_any_forward(pair, tmp_path, where, message):
+    """A checkpoint in a missing folder used to be found at the first save, after the work (or at the end)."""
+    tok, ref, aligned, _ = pair
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")
+    never = Interrupt(aligned, 1, AssertionError("forward was called"))
+    with pytest.raises(ValueError, match=message) as info:
+        estimate_bias(never, ref, tok, length=L, checkpoint=tmp_path / where, **CKPT_RUN)
+    assert "`checkpoint`" in str(info.value)
+
+
+def test_checkpoint_resume_reads_every_valid_state(pair, tmp_path):
+    """Checkpoints of 0 batches and of a finished run are valid: the first resumes from scratch, the second
+    returns the table without a forward pass."""
+    tok, ref, aligned, _ = pair
+    full = estimate_bias(aligned, ref, tok, length=L, checkpoint=tmp_path / "done.ckpt", **CKPT_RUN)
+    assert checkpoint_batches(tmp_path / "done.ckpt") == 5
+    never = Interrupt(aligned, 1, AssertionError("forward was called"))
+    assert_same_table(estimate_bias(never, ref, tok, length=L, checkpoint=tmp_path / "done.ckpt", **CKPT_RUN), full)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_bias(Interrupt(aligned, 1, KeyboardInterrupt()), ref, tok, length=L,
+                      checkpoint=tmp_path / "zero.ckpt", **CKPT_RUN)
+    assert checkpoint_batches(tmp_path / "zero.ckpt") == 0
+    assert_same_table(estimate_bias(aligned, ref, tok, length=L, checkpoint=tmp_path / "zero.ckpt", **CKPT_RUN), full)

@@ -103,3 +103,29 @@ def test_aligned_differs_from_reference_only_by_the_adapter():
     changed = [n for n, p in reference.named_parameters() if not torch.equal(p, a[n])]
     assert changed and all(n.endswith("_proj.weight") for n in changed)
     assert aligned.name_or_path != reference.name_or_path
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("corrupt", ValueError, "not a readable safetensors file"),
+    ("folder", IsADirectoryError, "is a directory"),
+    ("nan-scale", ValueError, "scale"),
+    ("bad-scale", ValueError, "scale"),
+    ("not-lora", ValueError, "not a LoRA factor"),
+    ("nan-factor", ValueError, "finite"),
+])
+def test_load_adapter_validates(tmp_path, case, error, message):
+    path = tmp_path / "a.safetensors"
+    good = {"m.lora_A": torch.zeros(2, 4), "m.lora_B": torch.zeros(4, 2)}
+    if case == "corrupt":
+        path.write_bytes(b"\x00garbage")
+    elif case == "folder":
+        path.mkdir()
+    elif case in ("nan-scale", "bad-scale"):
+        save_file(good, str(path), metadata={"scale": "nan" if case == "nan-scale" else "big"})
+    elif case == "not-lora":
+        save_file({"m.weight": torch.zeros(2, 4)}, str(path), metadata={"scale": "1"})
+    elif case == "nan-factor":
+        save_file({"m.lora_A": torch.full((2, 4), float("nan")), "m.lora_B": torch.zeros(4, 2)}, str(path),
+                  metadata={"scale": "1"})
+    with pytest.raises(error, match=message):
+        models.load_adapter(path)

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .argtypes import existing_file, nonneg_int, number, positive_int
+from .argtypes import existing_file, nonneg_int, number, positive_int, sampling_seed, stream_seed
 
 PROG = "tsdi"
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_options(p, *, dtype_default: str = "float32") -> None:
-    p.add_argument("--device", default=None, help="torch device for the models, e.g. cpu, cuda, cuda:1 "
+    p.add_argument("--device", default=None, help="torch device for the models: cpu, cuda or cuda:N "
                    "(default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=dtype_default, choices=["float32", "bfloat16", "float16"],
                    help=f"weights dtype (default: {dtype_default})")
@@ -73,7 +73,8 @@ def _add_estimate(sub) -> None:
                    "the non-special vocabulary) or a UTF-8 text file whose tokens are drawn (default: vocab)")
     p.add_argument("--prompt-tokens", type=nonneg_int, nargs=2, default=(8, 32), metavar=("MIN", "MAX"),
                    help="range of the random user message length in tokens (default: 8 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt stream (default: 0)")
+    p.add_argument("--seed", type=stream_seed, default=0,
+                   help="seed of the prompt stream, an integer in [0, 2**63) (default: 0)")
     p.add_argument("--raw-logits", action="store_true",
                    help="average raw logit differences instead of log-probability differences")
     p.add_argument("--no-chat-template", action="store_true",
@@ -122,7 +123,8 @@ def _add_generate(sub) -> None:
                    help="keep the k most likely tokens; 0 disables (default: 50, as HF)")
     p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=1.0,
                    help="nucleus sampling mass in (0, 1]; 1 disables (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="row b samples with seed + b (default: 0)")
+    p.add_argument("--seed", type=sampling_seed, default=0, help="row b samples with seed + b (int64: an integer "
+                   "in [-2**63, 2**63), seed + b wraps around) (default: 0)")
     p.add_argument("--hf", action="store_true", help="use model.generate with TSDILogitsProcessor instead of the "
                    "fused sampler")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
@@ -154,6 +156,9 @@ def _demo_unavailable(exc):
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
+SUPPORTED_DEVICES = ("cpu", "cuda")  # the device types the tsdi ops are registered for
+
+
 def _device(name: Optional[str]):
     import torch
 
@@ -161,17 +166,34 @@ def _device(name: Optional[str]):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise UsageError(f"--device: not a torch device: {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device: {name!r} requested but CUDA is not available")
+    if device.type not in SUPPORTED_DEVICES:
+        raise UsageError(f"--device: {name!r} is not supported: use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device: {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device: {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
-def _check_model_path(flag: str, path: str) -> None:
+def _is_local_path(path: str) -> bool:
     # a Hugging Face id is "name" or "org/name"; anything else that is not a folder is a missing folder
-    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+    return os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def _check_model_path(flag: str, path: str, *, model: bool = True) -> None:
+    """UsageError unless `path` is a Hugging Face id or a folder that can hold a model (config.json) or, with
+    model=False, a tokenizer. Cheap: run before anything is loaded."""
+    if not _is_local_path(path):
+        return
+    if not os.path.exists(path):
         raise UsageError(f"{flag}: no such model folder: {path!r}")
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path!r} is not a folder (expected a Hugging Face model folder or id)")
+    if model and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"{flag}: {path!r} is not a Hugging Face model folder (it has no config.json)")
 
 
 def _load_model(flag: str, path: str, device, dtype: str):
@@ -182,24 +204,44 @@ def _load_model(flag: str, path: str, device, dtype: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except Exception as exc:  # noqa: BLE001  (missing folder, bad config, no network: one line for the user)
-        raise UsageError(f"{flag}: cannot load a causal LM from {path!r}: {_first_line(exc)}") from None
+        raise UsageError(f"{flag}: cannot load a causal LM from {path!r}: {_one_line(exc)}") from None
     return model.to(device).eval()
 
 
 def _load_tokenizer(flag: str, path: str):
     from transformers import AutoTokenizer
 
-    _check_model_path(flag, path)
+    _check_model_path(flag, path, model=False)
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"{flag}: cannot load a tokenizer from {path!r}: {_first_line(exc)}") from None
+        raise UsageError(f"{flag}: cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
     return tok
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def _one_line(exc: BaseException) -> str:
+    """The whole message of `exc` on one line (a multi-line message is joined, never cut)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_output(flag: str, path: str) -> None:
+    """UsageError unless a file can be written at `path` (its folder exists, it is not a folder)."""
+    from .pipeline.files import check_writable_path
+
+    try:
+        check_writable_path(path, flag)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_input_file(flag: str, path: str) -> None:
+    from .pipeline.bias import check_readable_file
+
+    try:
+        check_readable_file(path, f"{flag}:")
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --- commands --------------------------------------------------------------------------------------------------
@@ -229,19 +271,44 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _run_estimate(args) -> int:
-    from .pipeline.estimate import estimate_bias
-
-    device, rank = _init_distributed(_device(args.device))
-    pool = args.pool
-    if pool != "vocab" and not os.path.isfile(pool):
-        raise UsageError(f"--pool: expected 'vocab' or a text file, no such file: {pool!r}")
+def _check_estimate_args(args) -> None:
+    """Every path and value of `tsdi estimate` that can be checked without a model, before anything is loaded."""
+    if args.pool != "vocab":
+        if not os.path.exists(args.pool):
+            raise UsageError(f"--pool: expected 'vocab' or a text file, no such file: {args.pool!r}")
+        _check_input_file("--pool", args.pool)
     lo, hi = args.prompt_tokens
     if lo > hi:
         raise UsageError(f"--prompt-tokens: MIN ({lo}) must not exceed MAX ({hi})")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"--output: folder {out_dir!r} does not exist")
+    _check_output("--output", args.output)
+    for flag, path in (("--aligned", args.aligned), ("--reference", args.reference)):
+        _check_model_path(flag, path)
+    if args.tokenizer:
+        _check_model_path("--tokenizer", args.tokenizer, model=False)
+    if args.checkpoint is not None:
+        _check_output("--checkpoint", args.checkpoint)
+        if os.path.abspath(args.checkpoint) == os.path.abspath(args.output):
+            raise UsageError("--checkpoint: must differ from --output (the table would overwrite the checkpoint)")
+        if os.path.exists(args.checkpoint):
+            # the settings that need no model must match now, not after the models are loaded
+            from .pipeline.estimate import check_checkpoint_settings, read_checkpoint
+            from .pipeline.prompts import describe_pool
+
+            saved, _ = read_checkpoint(args.checkpoint)
+            config = {"seed": args.seed, "num_prompts": args.num_prompts, "batch_size": args.batch_size,
+                      "length": args.length, "pool": describe_pool(args.pool), "prompt_tokens": [lo, hi],
+                      "normalize": not args.raw_logits, "use_chat_template": not args.no_chat_template}
+            check_checkpoint_settings(args.checkpoint, saved.metadata, config, keys=tuple(config))
+
+
+def _run_estimate(args) -> int:
+    from .pipeline.estimate import estimate_bias
+
+    device = _device(args.device)
+    _check_estimate_args(args)
+    device, rank = _init_distributed(device)
+    pool = args.pool
+    lo, hi = args.prompt_tokens
     tokenizer = _load_tokenizer("--tokenizer" if args.tokenizer else "--aligned", args.tokenizer or args.aligned)
     aligned = _load_model("--aligned", args.aligned, device, args.dtype)
     reference = _load_model("--reference", args.reference, device, args.dtype)
@@ -263,8 +330,17 @@ def _run_estimate(args) -> int:
 def _run_inspect(args) -> int:
     from .pipeline.bias import BiasTable
 
-    if not os.path.isfile(args.table):
+    if not os.path.exists(args.table):
         raise UsageError(f"table: no such file: {args.table!r}")
+    _check_input_file("table", args.table)
+    if args.plot:
+        _check_output("--plot", args.plot)
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib (pip install matplotlib)")
+    if args.tokenizer is not None:
+        _check_model_path("--tokenizer", args.tokenizer, model=False)
     table = BiasTable.load(args.table)
     tokenizer = None
     if args.tokenizer is not None:
@@ -302,9 +378,7 @@ def _plot_heatmap(table, path: str, *, tokenizer=None, top: int = 5, positions: 
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"--plot: folder {folder!r} does not exist")
+    _check_output("--plot", path)
     ids = []
     for t in range(positions):
         for tid, *_ in table.top_tokens(t, top, tokenizer):
@@ -341,13 +415,19 @@ def _run_generate(args) -> int:
     import torch
 
     from .pipeline.bias import BiasTable
-    from .integrations.hf import TSDILogitsProcessor, encode_prompts, generate
 
     prompts = _read_prompts(args)
     device = _device(args.device)
+    _check_model_path("--model", args.model)
+    if args.tokenizer:
+        _check_model_path("--tokenizer", args.tokenizer, model=False)
+    table = BiasTable.load(args.bias) if args.bias else None  # the file is checked before anything is loaded
     tokenizer = _load_tokenizer("--tokenizer" if args.tokenizer else "--model", args.tokenizer or args.model)
-    table = BiasTable.load(args.bias, tokenizer=tokenizer) if args.bias else None
+    if table is not None:
+        table.check_tokenizer(tokenizer)
     model = _load_model("--model", args.model, device, args.dtype)
+    from .integrations.hf import TSDILogitsProcessor, encode_prompts, generate  # transformers: after the checks
+
     tokenizer.padding_side = "left"  # the answer position t must be the same for every row
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -382,9 +462,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"{PROG}: error: {lines[0]}", file=sys.stderr)
+    except (ValueError, OSError, NotImplementedError) as exc:
+        # user-facing: bad values and files (missing, a folder, unreadable, disk full), the whole message on a line
+        text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

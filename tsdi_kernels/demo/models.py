@@ -10,6 +10,7 @@ merged into the weights: W' = W + scale * B @ A.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -140,18 +141,39 @@ def lora_targets(model) -> dict[str, torch.nn.Linear]:
     }
 
 
-def load_adapter(path: PathLike = ADAPTER_PATH) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a LoRA file: `<module>.lora_A` [r, in], `<module>.lora_B` [out, r], metadata scale."""
-    from safetensors import safe_open
+def load_adapter(path: PathLike = ADAPTER_PATH, *, flag: str = "adapter"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a LoRA file: `<module>.lora_A` [r, in], `<module>.lora_B` [out, r], metadata scale.
+    FileNotFoundError / IsADirectoryError / ValueError (naming `flag` and the file) for anything else."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    where = f"{flag}: adapter file {path}" if flag != "adapter" else f"adapter file {path}"
+    if path.is_dir():
+        raise IsADirectoryError(f"{where} is a directory, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{where} not found (python -m tsdi_kernels.demo.align writes it)")
     if not path.is_file():
-        raise FileNotFoundError(f"adapter file {path} not found (python -m tsdi_kernels.demo.align writes it)")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        raise ValueError(f"{where} is not a regular file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{where} is not a readable safetensors file ({exc})") from None
     if "scale" not in metadata:
-        raise ValueError(f"adapter file {path} has no `scale` in its metadata")
+        raise ValueError(f"{where} has no `scale` in its metadata")
+    try:
+        scale = float(metadata["scale"])
+    except ValueError:
+        scale = math.nan
+    if not math.isfinite(scale):
+        raise ValueError(f"{where}: metadata `scale` must be a finite number, got {metadata['scale']!r:.40}")
+    for name, tensor in tensors.items():
+        if not (name.endswith(".lora_A") or name.endswith(".lora_B")) or tensor.dim() != 2:
+            raise ValueError(f"{where}: tensor {name!r} is not a LoRA factor (`<module>.lora_A` / `.lora_B`, 2-D)")
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{where}: tensor {name!r} must hold finite floating-point values")
     return tensors, metadata
 
 

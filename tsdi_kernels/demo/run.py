@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..argtypes import number, number_list, positive_int
+from ..argtypes import number, number_list, positive_int, stream_seed
 from .refusal import refusal_reason
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--gen-batch-size", type=positive_int, default=40, help="prompts generated together (default: %(default)s)")
     p.add_argument("--temperature", type=number(0.0), default=0.0,
                    help="0 = greedy; > 0 samples with --seed (top-p 0.9) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and of sampling (default: %(default)s)")
+    p.add_argument("--seed", type=stream_seed, default=0,
+                   help="seed of the random prompts and of sampling, in [0, 2**63) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default) (default: %(default)s)")
     p.add_argument("--top", type=positive_int, default=6, help="most biased tokens printed per position (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
@@ -88,9 +89,16 @@ class ConfigResult:
 def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> dict[str, list[str]]:
     """{"harmless": [...], "harmful": [...]} from a JSON file; ValueError naming the file on bad content."""
     path = HELDOUT if path is None else path
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--prompts file {path} is a directory, not a file")
+    if not Path(path).exists():
         raise FileNotFoundError(f"--prompts file {path} does not exist")
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not Path(path).is_file():
+        raise ValueError(f"--prompts file {path} is not a regular file")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--prompts file {path} is not valid UTF-8 JSON ({exc})") from None
     out = {}
     for split in SPLITS:
         items = data.get(split) if isinstance(data, dict) else None
@@ -113,8 +121,10 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, str
         width = inputs["input_ids"].shape[1]
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.9, "top_k": 0} if temperature > 0 \
             else {"do_sample": False}
-        # Row b of batch `start` uses seed + start + b: a prompt's answer does not depend on --gen-batch-size.
-        out = generate(model, bias, strength=strength, seed=[seed + start + b for b in range(len(inputs["input_ids"]))],
+        # Row b of batch `start` uses seed + start + b (wrapped to int64): a prompt's answer does not depend on
+        # --gen-batch-size.
+        seeds = [(seed + start + b + 2**63) % 2**64 - 2**63 for b in range(len(inputs["input_ids"]))]
+        out = generate(model, bias, strength=strength, seed=seeds,
                        **inputs, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
         for row in out[:, width:].tolist():
             # Count up to and including the first eos: the padding after it was not generated.
@@ -243,10 +253,11 @@ def write_results(out: Path, results: Sequence[ConfigResult], info: dict) -> Pat
                      "tokens_per_second": round(r.tokens_per_second, 2)} for r in results],
         "answers": {r.name: r.answers for r in results},
     }
+    from ..pipeline.files import atomic_write
+
     path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=1, ensure_ascii=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
 
 
@@ -303,12 +314,37 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
     return results
 
 
-def run(args) -> int:
-    """Entry point of `tsdi demo`: load the embedded pair (or --model), then :func:`demo`."""
+def check_args(args) -> None:
+    """Every path and value of the demo that can be checked without a model, before anything is loaded (loading
+    and converting the embedded model takes seconds to a minute): ValueError / OSError naming the option."""
     from . import models
 
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    load_prompts(args.prompts, args.limit)
+    if args.model is not None:
+        folder = Path(args.model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--model: no such model folder: {str(folder)!r}")
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--model: {str(folder)!r} is not a Hugging Face model folder (it has no config.json)")
+    models.load_adapter(args.adapter if args.adapter is not None else models.ADAPTER_PATH, flag="--adapter")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out: cannot create the folder {str(out)!r}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out: the folder {str(out)!r} is not writable")
+
+
+def run(args) -> int:
+    """Entry point of `tsdi demo`: check every option, load the embedded pair (or --model), then :func:`demo`."""
+    from . import models
+
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -326,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
 

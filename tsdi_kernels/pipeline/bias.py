@@ -9,6 +9,11 @@ File format (safetensors, one file):
               count int64   [L]      prompts counted at each position
     metadata  every value a JSON-encoded string (safetensors only stores str -> str); see METADATA_KEYS.
 Keeping m2 and count (not just the standard error) lets two tables be merged exactly later.
+
+A file is validated, never trusted: load() refuses (ValueError naming the file and the field) statistics that no
+estimation produces (non-finite mean or m2, negative m2 or count), a format_version that is not the integer this
+package writes, and metadata of the wrong type; a folder or a FIFO is named as such. Saves are atomic and get the
+user's umask (files.atomic_write).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from typing import Any, Optional, Union
 
 import torch
@@ -72,10 +78,18 @@ class BiasTable:
 
     def __init__(self, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict] = None):
         _check_tensors(mean, m2, count, source="BiasTable")
+        _check_values(mean, m2, count, source="BiasTable")
         self.mean = mean
         self.m2 = m2
         self.count = count
         self.metadata = dict(metadata or {})
+
+    @classmethod
+    def _trusted(cls, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict]) -> "BiasTable":
+        """A table from statistics that are valid already (a copy or a move of a table): no pass over the values."""
+        table = cls.__new__(cls)
+        table.mean, table.m2, table.count, table.metadata = mean, m2, count, dict(metadata or {})
+        return table
 
     @classmethod
     def empty(cls, length: int, vocab: int, *, normalize: bool = True, device: Union[str, torch.device] = "cpu",
@@ -116,8 +130,8 @@ class BiasTable:
 
     def copy(self, metadata: Optional[dict] = None) -> "BiasTable":
         """A detached copy (statistics cloned), with `metadata` in place of this table's if given."""
-        return BiasTable(self.mean.detach().clone(), self.m2.detach().clone(), self.count.detach().clone(),
-                         self.metadata if metadata is None else metadata)
+        return BiasTable._trusted(self.mean.detach().clone(), self.m2.detach().clone(), self.count.detach().clone(),
+                                  self.metadata if metadata is None else metadata)
 
     # --- shape and statistics ------------------------------------------------------------------------------
     @property
@@ -137,7 +151,7 @@ class BiasTable:
         return standard_error(self.m2, self.count)
 
     def to(self, device: Union[str, torch.device]) -> "BiasTable":
-        return BiasTable(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata)
+        return BiasTable._trusted(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata)
 
     def __repr__(self) -> str:
         n = self.count.tolist()
@@ -190,8 +204,7 @@ class BiasTable:
         from safetensors import SafetensorError, safe_open
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"bias table {path!r} does not exist")
+        check_readable_file(path, "bias table")
         try:
             with safe_open(path, framework="pt") as f:
                 header = f.metadata() or {}
@@ -205,8 +218,10 @@ class BiasTable:
         except OSError as exc:  # e.g. a truncated or non-safetensors file on some platforms
             raise ValueError(f"{path!r} is not a readable safetensors file ({exc})") from None
         metadata = _decode_metadata(path, header)
-        _check_tensors(mean, m2, count, source=path)
-        table = cls(mean.to(device), m2.to(device), count.to(device), metadata)
+        _check_tensors(mean, m2, count, source=repr(path))
+        _check_values(mean, m2, count, source=repr(path))
+        _check_metadata(path, metadata)
+        table = cls._trusted(mean.to(device), m2.to(device), count.to(device), metadata)
         if tokenizer is not None:
             table.check_tokenizer(tokenizer)
         return table
@@ -217,6 +232,9 @@ class BiasTable:
             raise ValueError(f"the bias table covers V = {self.vocab_size} tokens but the tokenizer has "
                              f"{len(tokenizer)}: it was estimated for another vocabulary")
         expected = self.metadata.get("tokenizer_fingerprint")
+        if expected is not None and not isinstance(expected, str):
+            raise ValueError("the bias table's metadata `tokenizer_fingerprint` must be a string, got "
+                             f"{expected!r:.60}")
         if expected is not None and expected != tokenizer_fingerprint(tokenizer):
             raise ValueError("the bias table was estimated with a different tokenizer vocabulary "
                              f"(fingerprint {expected[:19]}... does not match the tokenizer's)")
@@ -232,9 +250,61 @@ def _decode_metadata(path: str, header: dict) -> dict:
     version = meta.get("format_version")
     if version is None:
         raise ValueError(f"{path!r} has no format_version in its metadata: not a TSDI bias table")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path!r}: metadata `format_version` must be an integer, got {version!r:.60}")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path!r} has bias-table format_version {version!r}; this package reads {FORMAT_VERSION}")
     return meta
+
+
+def check_readable_file(path: str, what: str) -> None:
+    """FileNotFoundError / IsADirectoryError / ValueError naming `what` unless `path` is a regular file (never
+    opens it: a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist (a part of the path is not a folder)") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{what} {path!r} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {path!r} is not a regular file")
+
+
+# Types of the metadata fields this package reads back (others are descriptive and kept as they are).
+_INT_FIELDS = ("vocab_size", "length", "num_prompts", "batch_size")
+
+
+def _check_metadata(path: str, meta: dict) -> None:
+    fingerprint = meta.get("tokenizer_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"{path!r}: metadata `tokenizer_fingerprint` must be a string, got {fingerprint!r:.60}")
+    if "normalize" in meta and not isinstance(meta["normalize"], bool):
+        raise ValueError(f"{path!r}: metadata `normalize` must be true or false, got {meta['normalize']!r:.60}")
+    for key in _INT_FIELDS:
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{path!r}: metadata `{key}` must be an integer, got {value!r:.60}")
+
+
+def _check_values(mean: Tensor, m2: Tensor, count: Tensor, *, source: str) -> None:
+    """ValueError naming the field unless mean is finite, m2 finite and >= 0, count >= 0 (what the running
+    statistics always are; anything else would silently poison every later update and every debiased logit)."""
+    bad_mean = int((~torch.isfinite(mean)).sum())
+    if bad_mean:
+        raise ValueError(f"{source}: `mean` has {bad_mean} non-finite values (NaN or inf); a bias table's "
+                         "statistics must be finite")
+    bad_m2 = int((~torch.isfinite(m2)).sum())
+    if bad_m2:
+        raise ValueError(f"{source}: `m2` has {bad_m2} non-finite values (NaN or inf)")
+    negative = int((m2 < 0).sum())
+    if negative:
+        raise ValueError(f"{source}: `m2` has {negative} negative values (a sum of squares is >= 0)")
+    if bool((count < 0).any()):
+        raise ValueError(f"{source}: `count` has negative values ({count.min().item()}); counts are >= 0")
 
 
 def _check_tensors(mean: Tensor, m2: Tensor, count: Tensor, *, source: str) -> None:

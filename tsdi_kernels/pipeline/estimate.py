@@ -8,7 +8,10 @@ Memory is one batch of [B, L, V] logits per model, whatever num_prompts is.
 
 Checkpoints hold (mean, M2, count) and the number of batches done; the prompt stream is a pure function of
 (seed, batch index), so that number is the whole RNG state, and a resumed run applies exactly the updates an
-uninterrupted run applies, in the same order: the same table, bitwise.
+uninterrupted run applies, in the same order: the same table, bitwise. A checkpoint is validated before it is
+used (read_checkpoint): batches_done must be an integer in [0, number of batches] and every count must be the
+number of prompts in those batches. On Ctrl-C the batches done are read from the count, which is committed with
+mean and M2 (the last batch may be partial), and a batch interrupted inside its update is rolled back first.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 
 from .bias import BiasTable, tokenizer_fingerprint
 from .distributed import merged_statistics, rank_and_world
+from .files import check_writable_path
 from .prompts import PromptTemplate, describe_pool, prompt_batch, token_pool
 
 CHECKPOINT_KIND = "tsdi-estimate-checkpoint"
@@ -117,31 +121,78 @@ def _checkpoint_meta(config: dict, batches_done: int) -> dict:
     return {"kind": CHECKPOINT_KIND, "batches_done": batches_done, **config}
 
 
+def rows_of_batches(batches: int, num_prompts: int, batch_size: int) -> int:
+    """Prompts in the first `batches` batches of a run (every batch is full but the last)."""
+    return min(batches * batch_size, num_prompts)
+
+
+def batches_of_rows(rows: int, num_prompts: int, batch_size: int) -> Optional[int]:
+    """The number of leading batches holding exactly `rows` prompts, or None if no prefix of batches does
+    (e.g. 10 prompts in batches of 4: 0, 4, 8 and 10 rows are 0, 1, 2 and 3 batches; 6 rows is none)."""
+    if rows == num_prompts:
+        return math.ceil(num_prompts / batch_size)
+    if 0 <= rows < num_prompts and rows % batch_size == 0:
+        return rows // batch_size
+    return None
+
+
 def save_checkpoint(path: str, table: BiasTable, meta: dict) -> None:
     """A checkpoint is a bias table whose metadata says how far the run got (written atomically)."""
     table.copy(metadata=meta).save(path)
 
 
-def load_checkpoint(path: str, table: BiasTable, config: dict) -> int:
-    """Load running statistics into `table`; returns the number of batches done. ValueError if the checkpoint was
-    written by a run with another configuration (seed, batch size, pool, ...)."""
+def read_checkpoint(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu"
+                    ) -> tuple[BiasTable, int]:
+    """(statistics, batches done) of a checkpoint file, validated, never trusted: the statistics are finite with
+    counts >= 0 (BiasTable.load), `batches_done` is an integer in [0, number of batches of its run] and the count
+    at every position is the number of prompts in those batches. ValueError naming the file and the field."""
+    path = os.fspath(path)
     try:
-        saved = BiasTable.load(path, device=table.mean.device)
+        saved = BiasTable.load(path, device=device)
     except (ValueError, OSError) as exc:
         raise ValueError(f"`checkpoint` {path!r} is not a readable estimation checkpoint ({exc})") from None
     header = saved.metadata
     if header.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"`checkpoint` {path!r} is not an estimation checkpoint")
-    for key in _RESUME_KEYS:
+        raise ValueError(f"`checkpoint` {path!r} is not an estimation checkpoint (metadata `kind` is "
+                         f"{header.get('kind')!r:.60}, expected {CHECKPOINT_KIND!r})")
+    for key in ("num_prompts", "batch_size"):
+        value = header.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"`checkpoint` {path!r}: metadata `{key}` must be a positive integer, got {value!r:.60}")
+    num_prompts, batch_size = header["num_prompts"], header["batch_size"]
+    num_batches = math.ceil(num_prompts / batch_size)
+    done = header.get("batches_done")
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= num_batches:
+        raise ValueError(f"`checkpoint` {path!r}: metadata `batches_done` must be an integer in [0, {num_batches}] "
+                         f"(the batches of {num_prompts} prompts in batches of {batch_size}), got {done!r:.60}")
+    rows = rows_of_batches(done, num_prompts, batch_size)
+    counts = saved.count.tolist()
+    if any(c != rows for c in counts):
+        wrong = next(c for c in counts if c != rows)
+        raise ValueError(f"`checkpoint` {path!r}: `count` {wrong} does not match batches_done={done} "
+                         f"({rows} prompts at every position): the file is inconsistent")
+    return saved, done
+
+
+def check_checkpoint_settings(path: str, header: dict, config: dict, keys=None) -> None:
+    """ValueError if the checkpoint was written by a run with other settings (seed, batch size, pool, ...)."""
+    for key in _RESUME_KEYS if keys is None else keys:
         if header.get(key) != config.get(key):
             raise ValueError(f"`checkpoint` {path!r} was written with {key}={header.get(key)!r} but this run has "
                              f"{key}={config.get(key)!r}; use another checkpoint path or the same settings")
+
+
+def load_checkpoint(path: str, table: BiasTable, config: dict) -> int:
+    """Load running statistics into `table`; returns the number of batches done. ValueError if the checkpoint is
+    invalid (read_checkpoint) or was written by a run with another configuration (seed, batch size, pool, ...)."""
+    saved, done = read_checkpoint(path, device=table.mean.device)
+    check_checkpoint_settings(path, saved.metadata, config)
     if saved.mean.shape != table.mean.shape:
         raise ValueError(f"`checkpoint` {path!r} holds statistics of shape {list(saved.mean.shape)}, expected "
                          f"{list(table.mean.shape)}")
     for name in ("mean", "m2", "count"):
         getattr(table, name).copy_(getattr(saved, name))
-    return int(header["batches_done"])
+    return done
 
 
 def estimate_bias(
@@ -190,6 +241,13 @@ def estimate_bias(
     >>> table.save("bias.safetensors")
     """
     lo, hi = _check_args(num_prompts, length, batch_size, prompt_tokens, checkpoint_every, seed)
+    if checkpoint is not None:
+        # before any forward pass: a checkpoint that cannot be written would lose the run at its first save
+        try:
+            check_writable_path(checkpoint, "`checkpoint`")
+        except OSError as exc:
+            raise ValueError(str(exc)) from None
+        checkpoint = os.fspath(checkpoint)
     vocab = check_vocabularies(aligned, reference, tokenizer)
     template = PromptTemplate.from_tokenizer(tokenizer, use_chat_template)
     pool_ids = token_pool(tokenizer, pool)
@@ -203,9 +261,8 @@ def estimate_bias(
     acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
     num_batches = math.ceil(num_prompts / batch_size)
     start = 0
-    checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = min(load_checkpoint(checkpoint, acc, config), num_batches)
+        start = load_checkpoint(checkpoint, acc, config)
         if rank != 0:  # rank 0 carries the checkpoint's statistics; the others start empty and add their own
             acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
 
@@ -216,8 +273,14 @@ def estimate_bias(
         if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, stats, _checkpoint_meta(config, batches_done))
 
-    bar = _progress_bar(progress and rank == 0, num_prompts, min(start * batch_size, num_prompts))
+    bar = _progress_bar(progress and rank == 0, num_prompts, rows_of_batches(start, num_prompts, batch_size))
     rounds = math.ceil((num_batches - start) / world)
+    # The statistics before the batch being folded in: a backend whose update is several steps (Triton launches
+    # mean/M2 and count separately) could be interrupted between them; the interrupt handler puts this back, so
+    # a checkpoint never holds a half-applied batch. One copy of [L, V] per batch, small next to two forwards.
+    before = (acc.mean.clone(), acc.m2.clone(), acc.count.clone())
+    live = (acc.mean, acc.m2, acc.count)
+    consistent = True
     try:
         for r in range(rounds):
             i = start + r * world + rank
@@ -226,7 +289,10 @@ def estimate_bias(
                                          length=length, prompt_tokens=(lo, hi), pad_id=pad_id)
                 a = answer_logits(aligned, ids, mask, length).to(device)
                 ref = answer_logits(reference, ids, mask, length).to(device)
+                torch._foreach_copy_(before, live)  # one call: cannot be half done
+                consistent = False
                 acc.update(a, ref)
+                consistent = True
                 del a, ref
             done = min(start + (r + 1) * world, num_batches)
             if bar is not None:
@@ -239,9 +305,14 @@ def estimate_bias(
                     save(done, acc)
     except KeyboardInterrupt:
         # Single process only: a collective here could hang the other ranks; they keep the last periodic
-        # checkpoint. logit_mean_update applies a batch fully or not at all, so the count says what is done.
+        # checkpoint. The count is committed with mean and M2, so it says exactly which batches are in the
+        # statistics (the last batch may be partial: 10 prompts in batches of 4 is 3 batches, not 10 // 4).
+        if not consistent:
+            torch._foreach_copy_(live, before)
         if world == 1 and checkpoint is not None:
-            save(int(acc.count[0]) // batch_size, acc)
+            done = batches_of_rows(int(acc.count[0]), num_prompts, batch_size)
+            if done is not None and bool((acc.count == acc.count[0]).all()):
+                save(done, acc)
         raise
     finally:
         if bar is not None:

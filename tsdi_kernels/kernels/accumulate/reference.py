@@ -33,7 +33,10 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize: bool
     n_a = count.to(torch.float32)[:, None]
     n = n_a + n_b
     delta = mean_b - mean
-    mean += delta * (n_b / n.clamp(min=1))
-    m2 += m2_b + delta * delta * (n_a * n_b / n.clamp(min=1))
-    count += n_b[:, 0].to(torch.int64)
+    new_mean = mean + delta * (n_b / n.clamp(min=1))
+    new_m2 = m2 + (m2_b + delta * delta * (n_a * n_b / n.clamp(min=1)))
+    new_count = count + n_b[:, 0].to(torch.int64)
+    # Commit the three in one call into C++: Python cannot deliver a KeyboardInterrupt between them, so a batch
+    # is applied fully or not at all (an interrupt between `mean` and `m2` would leave a half-applied batch).
+    torch._foreach_copy_([mean, m2, count], [new_mean, new_m2, new_count])
     return torch.tensor([-1, -1], dtype=torch.int64)
