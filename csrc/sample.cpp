@@ -419,7 +419,8 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
     // Per-row parameter ranges are checked here, inside the pass, not by the caller: a separate check would cost
     // four reductions and a host round-trip per call. A bad row is reported by its code and run as a cheap
     // greedy row without bias (its result is discarded).
-    param_status[b] = pos < 0 ? ERR_POSITION : !(temp >= 0.f) ? ERR_TEMPERATURE : k_in < 0 ? ERR_TOP_K
+    // positions >= 2^32 would reuse the noise of pos mod 2^32 (32-bit Philox counter word): rejected
+    param_status[b] = (pos < 0 || (pos >> 32) != 0) ? ERR_POSITION : !(temp >= 0.f) ? ERR_TEMPERATURE : k_in < 0 ? ERR_TOP_K
                       : !(p > 0.f && p <= 1.f) ? ERR_TOP_P : 0;
     rp.x = base + b * row_stride;
     rp.bias = (param_status[b] == 0 && pos < bias_rows) ? bias + pos * vocab : nullptr;

@@ -16,7 +16,7 @@ top-p), then NaN, then no finite logit / +inf."""
 
 ERR_NAN = -1  # a row of the debiased logits contains NaN
 ERR_NO_FINITE = -2  # a row has no finite debiased logit, or contains +inf
-ERR_POSITION = -3  # positions[b] < 0
+ERR_POSITION = -3  # positions[b] outside [0, 2**32): the noise key holds 32 bits of the position
 ERR_TEMPERATURE = -4  # temperature[b] < 0 or NaN
 ERR_TOP_K = -5  # top_k[b] < 0
 ERR_TOP_P = -6  # top_p[b] outside (0, 1] or NaN
@@ -26,7 +26,7 @@ CODES = ("ERR_NAN", "ERR_NO_FINITE", "ERR_POSITION", "ERR_TEMPERATURE", "ERR_TOP
 MESSAGES = {
     ERR_NAN: "row {row} of `logits` (minus strength * `bias`) contains NaN",
     ERR_NO_FINITE: "row {row} of `logits` (minus strength * `bias`) has no finite value or contains +inf",
-    ERR_POSITION: "`positions` must be >= 0 (row {row})",
+    ERR_POSITION: "`positions` must be in [0, 2**32) (row {row})",
     ERR_TEMPERATURE: "`temperature` must be >= 0 (0 = greedy) and not NaN (row {row})",
     ERR_TOP_K: "`top_k` must be >= 0 (0 = disabled) (row {row})",
     ERR_TOP_P: "`top_p` must be in (0, 1] (1 = disabled) (row {row})",

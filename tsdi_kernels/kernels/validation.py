@@ -28,3 +28,14 @@ def check_logits(op: str, name: str, t, dims: int, shape_text: str) -> None:
         fail(op, f"`{name}` must be a {dims}-D tensor {shape_text}, got {getattr(t, 'shape', type(t).__name__)}")
     if t.dtype not in LOGIT_DTYPES:
         fail(op, f"`{name}` must be float32, bfloat16 or float16, got {t.dtype}")
+    if t.shape[-1] == 0:
+        fail(op, f"`{name}` has an empty vocabulary dimension (V = 0)")
+    check_no_grad(op, name, t)
+
+
+def check_no_grad(op: str, name: str, t) -> None:
+    """The tsdi ops are not differentiable (a sampled token has no gradient; the statistics are running sums), on
+    every backend alike: an input that requires grad is refused rather than given a backend-dependent answer."""
+    if t is not None and t.requires_grad:
+        fail(op, f"`{name}` requires grad, but the tsdi ops are not differentiable: pass `{name}.detach()` or "
+                 "call under torch.no_grad()")

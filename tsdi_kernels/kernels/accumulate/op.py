@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..library import EXTENSION, LIB, backend_for, values_checkable
-from ..validation import LOGIT_DTYPES, check_logits, fail
+from ..validation import LOGIT_DTYPES, check_logits, check_no_grad, fail
 from . import reference
 
 # Chan/Welford merge of mean/M2/count of log_softmax(aligned) - log_softmax(reference), in place
@@ -22,6 +22,8 @@ OP = "logit_mean_update"
 def check_meta(mean, m2, count, aligned, reference_, mask) -> None:
     check_logits(OP, "aligned", aligned, 3, "[B, L, V]")
     batch, length, vocab = aligned.shape
+    if length == 0:
+        fail(OP, "`aligned` has no answer positions (L = 0)")
     device = aligned.device
     if reference_ is not None:
         if reference_.dtype not in LOGIT_DTYPES:
@@ -31,6 +33,7 @@ def check_meta(mean, m2, count, aligned, reference_, mask) -> None:
                      " (the two models must share the vocabulary)")
         if reference_.device != device:
             fail(OP, f"`reference` is on {reference_.device} but `aligned` is on {device}")
+        check_no_grad(OP, "reference", reference_)
     for name, t in (("mean", mean), ("m2", m2)):
         if t.dtype != torch.float32 or t.shape != (length, vocab):
             fail(OP, f"`{name}` must be float32 [L, V] = [{length}, {vocab}], got {t.dtype} {list(t.shape)}")
@@ -38,6 +41,7 @@ def check_meta(mean, m2, count, aligned, reference_, mask) -> None:
             fail(OP, f"`{name}` is on {t.device} but `aligned` is on {device}")
         if not t.is_contiguous():
             fail(OP, f"`{name}` must be contiguous (it is updated in place)")
+        check_no_grad(OP, name, t)
     if count.dtype != torch.int64 or count.shape != (length,) or count.device != device:
         fail(OP, f"`count` must be int64 [L] = [{length}] on {device}, got {count.dtype} {list(count.shape)} "
                  f"on {count.device}")
@@ -66,6 +70,10 @@ def _logit_mean_update_impl(mean, m2, count, aligned, reference_, mask, normaliz
     check_meta(mean, m2, count, aligned, reference_, mask)
     if aligned.shape[0] == 0:
         return
+    if values_checkable(count) and int(count.min()) < 0:
+        # before the update: a negative count would turn the Chan merge into -inf / NaN silently. One host read
+        # (estimation runs this once per batch of model forwards, not per decoded token).
+        fail(OP, "`count` must be >= 0 (the number of rows already folded into `mean` and `m2`)")
     aligned = aligned.contiguous()
     reference_ = None if reference_ is None else reference_.contiguous()
     mask = None if mask is None else mask.contiguous()

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import status
 from ..library import EXTENSION, LIB, backend_for, values_checkable
-from ..validation import check_logits, check_row_param, fail
+from ..validation import check_logits, check_no_grad, check_row_param, fail
 from . import reference
 
 # one fused pass: debias, temperature, top-k, top-p, Gumbel-max draw keyed by (seed, position, token)
@@ -33,8 +33,6 @@ def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, str
     """Shape / dtype / device checks (no data is read)."""
     check_logits(op, "logits", logits, 2, "[B, V]")
     batch, vocab = logits.shape
-    if vocab == 0:
-        fail(op, "`logits` has an empty vocabulary dimension (V = 0)")
     device = logits.device
     if bias is not None:
         if bias.dim() != 2 or bias.dtype != torch.float32:
@@ -43,6 +41,7 @@ def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, str
             fail(op, f"`bias` has V = {bias.shape[1]} columns but `logits` has V = {vocab}")
         if bias.device != device:
             fail(op, f"`bias` is on {bias.device} but `logits` is on {device}")
+        check_no_grad(op, "bias", bias)
     check_row_param(op, "positions", positions, batch, torch.int64, device)
     check_row_param(op, "temperature", temperature, batch, torch.float32, device)
     check_row_param(op, "top_k", top_k, batch, torch.int64, device)

@@ -43,7 +43,7 @@ def _row_status(z: torch.Tensor, positions, temperature, top_k, top_p) -> torch.
     status[~((top_p > 0) & (top_p <= 1))] = ERR_TOP_P
     status[top_k < 0] = ERR_TOP_K
     status[~(temperature >= 0)] = ERR_TEMPERATURE
-    status[positions < 0] = ERR_POSITION
+    status[(positions < 0) | (positions >= 2**32)] = ERR_POSITION  # the Philox counter holds 32 bits of it
     return status
 
 

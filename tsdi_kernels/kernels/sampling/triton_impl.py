@@ -92,7 +92,7 @@ else:
 @triton.jit
 def _param_status(position, temperature, top_k, top_p):
     """status.py code of a row's parameters (0 = valid), checked in the kernel: no separate pass, no host sync."""
-    return tl.where(position < 0, ERR_POSITION,
+    return tl.where((position < 0) | (position >= 4294967296), ERR_POSITION,  # 32-bit Philox counter word
                     tl.where(~(temperature >= 0.0), ERR_TEMPERATURE,
                              tl.where(top_k < 0, ERR_TOP_K, tl.where(~((top_p > 0.0) & (top_p <= 1.0)), ERR_TOP_P, 0))))
 
