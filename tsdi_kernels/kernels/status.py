@@ -21,6 +21,7 @@ ERR_TEMPERATURE = -4  # temperature[b] < 0 or NaN
 ERR_TOP_K = -5  # top_k[b] < 0
 ERR_TOP_P = -6  # top_p[b] outside (0, 1] or NaN
 
+# Codes are -1 .. -99; kernels may use values below -99 internally.
 CODES = ("ERR_NAN", "ERR_NO_FINITE", "ERR_POSITION", "ERR_TEMPERATURE", "ERR_TOP_K", "ERR_TOP_P")
 
 MESSAGES = {

@@ -72,7 +72,7 @@ ERR_POSITION = tl.constexpr(_status.ERR_POSITION)
 ERR_TEMPERATURE = tl.constexpr(_status.ERR_TEMPERATURE)
 ERR_TOP_K = tl.constexpr(_status.ERR_TOP_K)
 ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
-NEEDS_FALLBACK = tl.constexpr(-3)  # internal: kernel 2 could not decide the row, kernel 3 will
+NEEDS_FALLBACK = tl.constexpr(-1000)  # internal (below every status.py code): kernel 2 could not decide the row
 
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
