@@ -8,6 +8,7 @@ full sort, softmax, multinomial) makes several [B, V] passes and the fused op on
 Reported per case (benchmark.extra_info): new tokens per second of the whole generate call, and the time spent in
 the sampling step (timed inside one extra generate call by wrapping the per-step sampling calls) per step and as
 a share of the call.
+The baseline is benchmarks/baselines.py's hf_generate (model.generate with TSDILogitsProcessor).
 Roles follow benchmarks/conftest.py's convention ("baseline" / "candidate" in one group); the module also prints
 the candidate/baseline ratios itself at the end.
 """
@@ -18,7 +19,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 import tsdi_kernels
-from tsdi_kernels import TSDILogitsProcessor
+from benchmarks.baselines import hf_generate
 
 BATCH, PROMPT, NEW_TOKENS, BIAS_LENGTH = 8, 16, 32, 16
 SAMPLING = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.9)
@@ -51,7 +52,7 @@ def case(request):
 class SamplingTimer:
     """Times the sampling step inside a real generate call by wrapping what each pipeline calls per step:
     HF: LogitsProcessorList.__call__ (TSDI processor + warpers), softmax and torch.multinomial;
-    fused: tsdi_kernels.integrations.hf.debias_sample. Used for one extra, unbenchmarked call."""
+    fused: the debias_sample that tsdi_kernels.integrations.hf calls. Used for one extra, unbenchmarked call."""
 
     def __init__(self, monkeypatch, role):
         self.seconds = 0.0
@@ -62,7 +63,7 @@ class SamplingTimer:
             monkeypatch.setattr(torch, "multinomial", self.wrap(torch.multinomial))
             monkeypatch.setattr(gen_utils.nn.functional, "softmax", self.wrap(gen_utils.nn.functional.softmax))
         else:
-            from tsdi_kernels import hf
+            from tsdi_kernels.integrations import hf
 
             monkeypatch.setattr(hf, "debias_sample", self.wrap(hf.debias_sample))
 
@@ -89,7 +90,7 @@ def sampling_share(run, monkeypatch, role) -> tuple:
 def record(benchmark, name, role, elapsed, step, share):
     info = {"role": role, "new_tokens_per_s": BATCH * NEW_TOKENS / elapsed,
             "sampling_ms_per_step": 1e3 * step, "sampling_share_of_step": share,
-            "backend": tsdi_kernels.backends()["debias_sample"]["cpu"]}
+            "backend": tsdi_kernels.backends()["debias_sample"]["cpu"], "threads": torch.get_num_threads()}
     benchmark.extra_info.update(info)
     _results.setdefault(name, {})[role] = info
 
@@ -99,9 +100,7 @@ def test_generate(benchmark, case, role, monkeypatch):
     name, model, input_ids, bias = case
     benchmark.group = f"generate-{name}"
     if role == "baseline":
-        proc = TSDILogitsProcessor(bias, PROMPT)
-        run = lambda: model.generate(input_ids, logits_processor=[proc], max_new_tokens=NEW_TOKENS,  # noqa: E731
-                                     **SAMPLING)
+        run = lambda: hf_generate(model, bias, input_ids, PROMPT, NEW_TOKENS, **SAMPLING)  # noqa: E731
     else:
         run = lambda: tsdi_kernels.generate(model, bias, seed=0, inputs=input_ids,  # noqa: E731
                                             max_new_tokens=NEW_TOKENS, **SAMPLING)

@@ -1,68 +1,118 @@
-"""The one script to run on a GPU machine: GPU tests, then timings of the Triton kernels against baselines.
+"""The one script to run on a GPU machine: timings of the Triton kernels against baselines, then the GPU tests.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py [--quick] [--out gpu_check.json] [--skip-tests] [--dry-run]
+    PYTHONPATH=. TSDI_DISABLE_EXTENSION=1 python3 benchmarks/gpu_check.py [--quick] [--profile] [--out FILE]
+        [--skip-tests] [--budget-s 330] [--tests-s 150] [--dry-run] [--cpu-smoke]
 
-1. runs `pytest -m gpu tests/test_gpu.py` (tiers at real sizes, CUDA graph, torch.compile) and records the result;
-2. measures the copy bandwidth of this GPU (device-to-device copy of 1 GiB: 2 bytes moved per byte copied);
-3. for debias_sample and logit_mean_update over B in {1, 8, 64, 256} x V in {32000, 128256, 151936}: median time
-   over CUDA-graph replays (CUDA events where a baseline cannot be captured), effective GB/s over the bytes the
-   op must move, the fraction of the copy bandwidth, and the speed-up over baselines measured in the same run:
-     debias_sample:      the HF pipeline (bias add, TemperatureLogitsWarper(0.7), TopKLogitsWarper(50),
-                         TopPLogitsWarper(0.9), softmax, multinomial), torch.compile'd reference, and
-                         flashinfer.sampling.top_k_top_p_sampling_from_logits plus a bias add when it imports;
-     logit_mean_update:  the eager reference and the torch.compile'd reference.
-Prints a table and writes JSON (--out, default $OUT/gpu_check.json when OUT is set). Under 8 minutes; --quick
-measures fewer shapes. Runs from the source tree (PYTHONPATH) without the compiled extension.
+1. measures this GPU's copy bandwidth (device-to-device copy of 1 GiB: 2 bytes moved per byte copied) and the
+   time of one launch (a 1-element kernel, timed like the ops: CUDA-graph replays);
+2. debias_sample, V = 128256 bf16, B in {1, 8, 64, 256}, configurations "k50 p0.9" (T 0.7, top-k 50, top-p 0.9)
+   and "p0.9" (T 0.7, top-p 0.9 alone), then "k50 p0.9" at V = 151936: per case the time (median over CUDA-graph
+   replays of 10 calls, and of eager calls between CUDA events, which includes host overhead when the GPU waits
+   for the host), the one-read floor (bytes / copy bandwidth + one launch) and the ratio to it, GB/s and the
+   fraction of the copy bandwidth, and the ratio of each baseline's time to ours, measured in the same run:
+     hf            the Hugging Face pipeline (benchmarks/baselines.py: bias subtraction, TemperatureLogitsWarper,
+                   TopKLogitsWarper, TopPLogitsWarper, softmax, multinomial)
+     compiled_ref  torch.compile(reference.debias_sample, dynamic=True)
+     flashinfer    top_k_top_p_sampling_from_logits after a bias subtraction and /T, when flashinfer imports
+   Each baseline is timed over CUDA-graph replays when it can be captured, else with CUDA events around eager
+   calls; the table shows which ([G] / [E]): a graph time is device time only, an event time may include host
+   work, so compare like with like;
+3. logit_mean_update (L = 4 answer positions, bf16) over B x V against the eager and the compiled reference;
+4. runs the GPU tests (`pytest -m gpu tests`, the tests marked `gpu` wherever they live) with what is left of
+   the time budget, and records the result.
+--profile splits each debias_sample call (ours and each baseline) into its kernels with torch.profiler: kernel
+names and device microseconds per call. The cases run in order of importance (the issue's bar shapes first) and
+no new case starts once the budget is spent, so the whole script stays under 6 minutes including Triton JIT and
+torch.compile (--budget-s, default 330 s from start; --tests-s of it is kept for the tests). Prints a table and
+writes JSON after every case (--out, default $OUT/gpu_check.json when OUT is set, else ./gpu_check.json).
+--cpu-smoke runs the same code on CPU tensors at small shapes (wall-clock timings, no tests): a check of this
+script itself on a machine without a GPU. Needs no compiled extension (TSDI_DISABLE_EXTENSION=1).
 
 Bytes moved (the floor each op is compared with):
-    debias_sample      B * V * elem (logits, once) + B * V * 4 (the fp32 bias rows; rows share positions in a
-                       decode step, so they are often L2 hits and the figure is conservative)
-    logit_mean_update  2 * B * L * V * elem (aligned + reference, once) + 16 * L * V (mean, m2 read and written);
-                       the kernel reads the inputs twice with normalize=True (see accumulate.py), so 50% of the
-                       copy bandwidth is its ceiling unless L2 holds a batch.
+    debias_sample      B * V * 2 (bf16 logits, read once) + D * V * 4 (fp32 bias rows, D = number of DISTINCT
+                       rows among positions: the inputs draw positions from L = 16 rows, so D = min(B, 16) or
+                       fewer; rows shared by several batch rows are read once from HBM) + 8 * B (tokens)
+    logit_mean_update  2 * B * L * V * 2 (aligned + reference, once) + 16 * L * V (mean, m2 read and written);
+                       a kernel that reads its inputs twice (logsumexp first) is capped at half of that floor's
+                       speed unless L2 holds them
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
 import time
 
+_T0 = time.time()  # the budget counts from here: imports and JIT included
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+if __package__:  # python3 -m benchmarks.gpu_check
+    from .baselines import SAMPLING, hf_sampler
+else:  # python3 benchmarks/gpu_check.py: this folder is sys.path[0]
+    from baselines import SAMPLING, hf_sampler
+
 BATCHES = (1, 8, 64, 256)
-VOCABS = (32000, 128256, 151936)
-QUICK_CASES = ((64, 128256), (1, 128256), (256, 151936), (8, 32000))  # the bars first
+PRIORITY_BATCHES = (64, 256, 1, 8)  # the issue's bars first, so a budget cut loses the least
+VOCAB = 128256
+EXTRA_VOCAB = 151936  # Qwen2/3
+ACC_VOCABS = (128256, 32000, 151936)
+BIAS_ROWS = 16
 ACC_LENGTH = 4  # answer positions per accumulator update (B x 4 x V per input)
-TEMPERATURE, TOP_K, TOP_P = 0.7, 50, 0.9
+SMOKE_BATCHES, SMOKE_VOCAB = (1, 8), 4096
+METHOD_TAG = {"graph": "G", "events": "E", "wall": "W"}
 
 
-def planned_cases(quick: bool):
-    """Shape-major (both ops per shape), the issue's bar shapes first, so a time-budget cut loses the least."""
-    shapes = list(QUICK_CASES)
-    if not quick:
-        shapes += [(b, v) for v in VOCABS for b in BATCHES if (b, v) not in QUICK_CASES]
-    return [{"op": op, "batch": b, "vocab": v} for b, v in shapes for op in ("debias_sample", "logit_mean_update")]
+def planned_cases(quick: bool, smoke: bool = False):
+    """Cases in order of importance: debias_sample at V = 128256 in both configurations, then logit_mean_update
+    at V = 128256, then the other vocabularies. quick: the first eight and one accumulator case."""
+    if smoke:
+        cases = [("debias_sample", c, b, SMOKE_VOCAB) for b in SMOKE_BATCHES for c in SAMPLING]
+        cases += [("logit_mean_update", f"L{ACC_LENGTH}", b, SMOKE_VOCAB) for b in SMOKE_BATCHES]
+    else:
+        cases = [("debias_sample", c, b, VOCAB) for b in PRIORITY_BATCHES for c in SAMPLING]
+        acc = [("logit_mean_update", f"L{ACC_LENGTH}", b, VOCAB) for b in PRIORITY_BATCHES]
+        if quick:
+            cases += acc[:1]
+        else:
+            cases += acc + [("debias_sample", "k50 p0.9", b, EXTRA_VOCAB) for b in PRIORITY_BATCHES]
+            cases += [("logit_mean_update", f"L{ACC_LENGTH}", b, v) for v in ACC_VOCABS[1:] for b in PRIORITY_BATCHES]
+    return [{"op": op, "config": cfg, "batch": b, "vocab": v} for op, cfg, b, v in cases]
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="GPU tests and timings of the tsdi Triton kernels")
-    ap.add_argument("--quick", action="store_true", help=f"only {len(QUICK_CASES)} shapes per op")
+    ap = argparse.ArgumentParser(description="Timings of the tsdi Triton kernels against baselines, and the GPU tests")
+    ap.add_argument("--quick", action="store_true", help="only the 8 debias_sample bar cases and one accumulator case")
+    ap.add_argument("--profile", action="store_true",
+                    help="split each debias_sample call (ours and the baselines) into its kernels (torch.profiler)")
     ap.add_argument("--out", default=os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT")
                     else "gpu_check.json", help="JSON output path (default $OUT/gpu_check.json or ./gpu_check.json)")
     ap.add_argument("--skip-tests", action="store_true", help="timings only")
     ap.add_argument("--dry-run", action="store_true", help="print the planned cases and exit (no GPU needed)")
-    ap.add_argument("--reps", type=int, default=50, help="graph replays / timed iterations per measurement")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="stop timing new cases after this many seconds")
+    ap.add_argument("--reps", type=int, default=50, help="calls timed per measurement")
+    ap.add_argument("--budget-s", type=float, default=330.0,
+                    help="wall seconds for the whole script from its start (JIT and tests included)")
+    ap.add_argument("--tests-s", type=float, default=150.0, help="seconds of the budget kept for the GPU tests")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd references")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="run the script's own code on CPU tensors at small shapes (no GPU needed; no tests)")
     return ap.parse_args(argv)
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
 
 
+def _sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def _time_graph(fn, reps):
-    """Median microseconds per call of fn over CUDA-graph replays (one replay = `inner` calls), or None."""
+    """(median us per call over CUDA-graph replays of `inner` calls, None) or (None, why not capturable)."""
     import torch
 
     inner = 10
@@ -79,21 +129,23 @@ def _time_graph(fn, reps):
                 fn()
         graph.replay()
         torch.cuda.synchronize()
-    except Exception as exc:  # not capturable (host sync inside): the caller falls back to events
+    except Exception as exc:  # not capturable (a host sync inside): the caller falls back to events
         torch.cuda.synchronize()
         return None, f"{type(exc).__name__}: {exc}"[:200]
     times = []
-    for _ in range(max(3, reps // inner)):
+    for _ in range(max(5, reps // inner)):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / inner)
+    del graph
     return statistics.median(times), None
 
 
 def _time_events(fn, reps):
+    """Median us of eager calls between two CUDA events (host work shows when the GPU waits for it)."""
     import torch
 
     fn()
@@ -109,206 +161,414 @@ def _time_events(fn, reps):
     return statistics.median(times)
 
 
-def measure(fn, reps):
-    """(median us, method): graph replays when capturable, else CUDA events around eager calls."""
+def _time_wall(fn, reps):
+    """CPU tensors (--cpu-smoke): median wall-clock us per call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e6)
+    return statistics.median(times)
+
+
+def measure(fn, reps, device="cuda"):
+    """(median us, method, why not a graph): graph replays when capturable, else CUDA events around eager calls."""
+    if device != "cuda":
+        return _time_wall(fn, reps), "wall", None
     us, why = _time_graph(fn, reps)
     if us is not None:
-        return us, "graph"
-    return _time_events(fn, reps), "events"
+        return us, "graph", None
+    return _time_events(fn, reps), "events", why
 
 
-def copy_bandwidth_gbs():
+def measure_eager(fn, reps, device="cuda"):
+    return (_time_events(fn, reps), "events") if device == "cuda" else (_time_wall(fn, reps), "wall")
+
+
+def copy_bandwidth_gbs(device):
+    """Bytes moved per second (read + write) by a 1 GiB device-to-device copy (64 MiB on CPU)."""
     import torch
 
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    n = (1 << 30) if device == "cuda" else (64 << 20)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    us = _time_events(lambda: dst.copy_(src), 20)
+    us, _ = measure_eager(lambda: dst.copy_(src), 20, device)
+    del src, dst
     return 2 * n / (us * 1e-6) / 1e9
+
+
+def launch_us(device):
+    """One launch of a 1-element kernel, timed as the ops are (graph replays): the '+ one launch' of the floor."""
+    import torch
+
+    x = torch.zeros(1, device=device)
+    us, _, _ = measure(lambda: x.add_(1), 100, device)
+    return us
+
+
+def kernel_breakdown(fn, device, calls=5):
+    """[(kernel name, us per call, launches per call)] of `calls` eager calls under torch.profiler: device kernels
+    on CUDA, top-level operators on CPU (--cpu-smoke). Sorted by time, the 8 largest and the rest as 'others'."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        _sync(device)
+    totals = {}
+    for e in prof.events():
+        if device == "cuda":
+            if e.device_type != DeviceType.CUDA:
+                continue
+        elif e.cpu_parent is not None or e.name.startswith("ProfilerStep"):
+            continue
+        us, n = totals.get(e.name, (0.0, 0))
+        totals[e.name] = (us + e.time_range.elapsed_us(), n + 1)
+    rows = sorted(((name[:70], us / calls, n / calls) for name, (us, n) in totals.items()), key=lambda r: -r[1])
+    if not rows:
+        return [("no kernel events recorded (profiler without CUPTI?)", 0.0, 0)]
+    if len(rows) > 9:
+        rest = rows[8:]
+        rows = rows[:8] + [(f"others ({len(rest)} kernels)", sum(r[1] for r in rest), sum(r[2] for r in rest))]
+    return rows
 
 
 # --- cases ----------------------------------------------------------------------------------------------------
 
 
-def _sampler_inputs(batch, vocab, bias_rows=16):
+def _sampler_inputs(batch, vocab, config, device):
+    """Peaked rows like an LLM's: N(0, 2) logits with 40 strong tokens per row; bias rows from L = 16."""
     import torch
 
-    gen = torch.Generator(device="cuda").manual_seed(batch * 7 + vocab)
-    logits = torch.randn(batch, vocab, device="cuda", generator=gen) * 2.0
-    strong = torch.randint(0, vocab, (batch, 40), device="cuda", generator=gen)
-    logits.scatter_add_(1, strong, torch.rand(batch, 40, device="cuda", generator=gen) * 12.0)
+    params = SAMPLING[config]
+    gen = torch.Generator(device=device).manual_seed(batch * 7 + vocab)
+    logits = torch.randn(batch, vocab, device=device, generator=gen) * 2.0
+    strong = torch.randint(0, vocab, (batch, 40), device=device, generator=gen)
+    logits.scatter_add_(1, strong, torch.rand(batch, 40, device=device, generator=gen) * 12.0)
     return dict(
         logits=logits.to(torch.bfloat16),
-        bias=torch.randn(bias_rows, vocab, device="cuda", generator=gen) * 0.5,
-        positions=torch.randint(0, bias_rows, (batch,), device="cuda", generator=gen),
-        temperature=torch.full((batch,), TEMPERATURE, device="cuda"),
-        top_k=torch.full((batch,), TOP_K, dtype=torch.int64, device="cuda"),
-        top_p=torch.full((batch,), TOP_P, device="cuda"),
-        seed=torch.arange(batch, device="cuda") * 7919 + 1)
+        bias=torch.randn(BIAS_ROWS, vocab, device=device, generator=gen) * 0.5,
+        positions=torch.randint(0, BIAS_ROWS, (batch,), device=device, generator=gen),
+        temperature=torch.full((batch,), params["temperature"], device=device),
+        top_k=torch.full((batch,), params["top_k"], dtype=torch.int64, device=device),
+        top_p=torch.full((batch,), params["top_p"], device=device),
+        seed=torch.arange(batch, device=device) * 7919 + 1)
 
 
-def _hf_pipeline():
-    import torch
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers = [TemperatureLogitsWarper(TEMPERATURE), TopKLogitsWarper(TOP_K), TopPLogitsWarper(TOP_P)]
-
-    def run(a):
-        scores = a["logits"].float() - a["bias"][a["positions"]]
-        for w in warpers:
-            scores = w(None, scores)
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
-
-    return run
-
-
-def bench_sample(batch, vocab, reps, baselines):
+def sample_baselines(device, compile_ref=True):
+    """name -> make(inputs, config) -> zero-argument callable."""
     import torch
 
-    a = _sampler_inputs(batch, vocab)
-    row = {"op": "debias_sample", "batch": batch, "vocab": vocab, "dtype": "bf16",
-           "bytes": batch * vocab * (2 + 4)}
-    ours = lambda: torch.ops.tsdi.debias_sample(a["logits"], a["bias"], a["positions"], a["temperature"],  # noqa
-                                                a["top_k"], a["top_p"], a["seed"], 1.0)
-    row["us"], row["method"] = measure(ours, reps)
-    row["baselines_us"] = {}
-    for name, make in baselines.items():
+    from tsdi_kernels.kernels.sampling import reference
+
+    out = {"hf": lambda a, config: (lambda s=hf_sampler(**SAMPLING[config]): s(a["logits"], a["bias"],
+                                                                               a["positions"]))}
+    if compile_ref:
+        compiled = torch.compile(reference.debias_sample, dynamic=True)
+        out["compiled_ref"] = lambda a, config: (lambda: compiled(a["logits"], a["bias"], a["positions"],
+                                                                  a["temperature"], a["top_k"], a["top_p"],
+                                                                  a["seed"], 1.0))
+    if device == "cuda":
         try:
-            fn = make(a)
-            row["baselines_us"][name], _ = measure(fn, reps)
-        except Exception as exc:
-            row["baselines_us"][name] = None
-            row.setdefault("baseline_errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
-    return row
+            import flashinfer.sampling as fis
 
+            def fi(a, config):
+                t, k = SAMPLING[config]["temperature"], SAMPLING[config]["top_k"]
 
-def _sample_baselines():
-    import torch
-
-    from tsdi_kernels import reference
-
-    hf = _hf_pipeline()
-    out = {"hf": lambda a: (lambda: hf(a))}
-    compiled = torch.compile(reference.debias_sample, dynamic=True)
-    out["compiled_ref"] = lambda a: (lambda: compiled(a["logits"], a["bias"], a["positions"], a["temperature"],
-                                                       a["top_k"], a["top_p"], a["seed"], 1.0))
-    try:
-        import flashinfer.sampling as fis
-
-        def fi(a):
-            def run():
-                scores = (a["logits"].float() - a["bias"][a["positions"]]) / TEMPERATURE
-                return fis.top_k_top_p_sampling_from_logits(scores, a["top_k"].int(), a["top_p"])
-            return run
-        out["flashinfer"] = fi
-    except Exception:
-        pass
+                def run():
+                    scores = (a["logits"].float() - a["bias"][a["positions"]]) / t
+                    if k:
+                        return fis.top_k_top_p_sampling_from_logits(scores, a["top_k"].int(), a["top_p"])
+                    return fis.top_p_sampling_from_probs(torch.softmax(scores, dim=-1), a["top_p"])
+                return run
+            out["flashinfer"] = fi
+        except Exception:
+            pass
     return out
 
 
-def bench_accumulate(batch, vocab, reps, compiled_ref):
+def _ours(a):
     import torch
 
-    from tsdi_kernels import reference
+    return lambda: torch.ops.tsdi.debias_sample(a["logits"], a["bias"], a["positions"], a["temperature"],
+                                                a["top_k"], a["top_p"], a["seed"], 1.0)
 
-    length = ACC_LENGTH
-    gen = torch.Generator(device="cuda").manual_seed(batch + vocab)
-    aligned = torch.randn(batch, length, vocab, device="cuda", generator=gen).to(torch.bfloat16)
-    ref = torch.randn(batch, length, vocab, device="cuda", generator=gen).to(torch.bfloat16)
-    stats = [torch.zeros(length, vocab, device="cuda"), torch.zeros(length, vocab, device="cuda"),
-             torch.zeros(length, dtype=torch.int64, device="cuda")]
-    row = {"op": "logit_mean_update", "batch": batch, "vocab": vocab, "length": length, "dtype": "bf16",
-           "bytes": 2 * batch * length * vocab * 2 + 16 * length * vocab}
-    ours = lambda: torch.ops.tsdi.logit_mean_update(*stats, aligned, ref, None, True)  # noqa: E731
-    row["us"], row["method"] = measure(ours, reps)
-    row["baselines_us"] = {}
-    for name, fn in (("reference", reference.logit_mean_update), ("compiled_ref", compiled_ref)):
+
+def _launch_plan(batch, vocab, device):
+    """The Triton sampler's launch plan for this case (programs of the streaming kernel: batch x splits)."""
+    try:
+        import torch
+
+        from tsdi_kernels.kernels.sampling import triton_impl
+        from tsdi_kernels.kernels.triton_launch import sm_count
+
+        n_sm = sm_count(torch.device(device)) if device == "cuda" else 132
+        cfg = triton_impl.plan(batch, vocab, "cuda", n_sm=n_sm)
+        cfg = {k: v for k, v in cfg.items() if isinstance(v, (int, float, str))}
+        if "splits" in cfg:
+            cfg["stream_programs"] = batch * cfg["splits"]
+        return dict(cfg, n_sm=n_sm)
+    except Exception as exc:  # the plan is informative only
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+def bench_sample(case, reps, baselines, device, profile):
+    import torch
+
+    batch, vocab, config = case["batch"], case["vocab"], case["config"]
+    a = _sampler_inputs(batch, vocab, config, device)
+    distinct = int(a["positions"].unique().numel())
+    row = dict(case, dtype="bf16", distinct_bias_rows=distinct,
+               bytes=batch * vocab * 2 + distinct * vocab * 4 + 8 * batch, plan=_launch_plan(batch, vocab, device))
+    ours = _ours(a)
+    tokens = ours()
+    bad = int((tokens < 0).sum())  # one sync, outside the timings: a negative token is a row status code
+    if bad:
+        row["bad_rows"] = bad
+    row["us"], row["method"], why = measure(ours, reps, device)
+    if why:
+        row["not_captured"] = why
+    row["eager_us"], _ = measure_eager(ours, reps, device)
+    row["baselines"] = {}
+    for name, make in baselines.items():
         try:
-            row["baselines_us"][name] = _time_events(lambda: fn(*stats, aligned, ref, None, True), max(5, reps // 5))
+            fn = make(a, config)
+            us, method, why = measure(fn, reps, device)
+            row["baselines"][name] = {"us": us, "method": method, **({"not_captured": why} if why else {})}
         except Exception as exc:
-            row["baselines_us"][name] = None
-            row.setdefault("baseline_errors", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
+            row["baselines"][name] = {"us": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    if profile:
+        row["kernels"] = {}
+        for name, fn in [("tsdi", ours)] + [(n, baselines[n](a, config)) for n in baselines
+                                            if row["baselines"][n].get("us")]:
+            try:
+                row["kernels"][name] = kernel_breakdown(fn, device)
+            except Exception as exc:
+                row["kernels"][name] = [(f"profiler failed: {type(exc).__name__}: {exc}"[:200], 0.0, 0)]
+    del a
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return row
 
 
-def run_tests():
+def bench_accumulate(case, reps, compiled_ref, device):
+    import torch
+
+    from tsdi_kernels.kernels.accumulate import reference
+
+    batch, vocab, length = case["batch"], case["vocab"], ACC_LENGTH
+    gen = torch.Generator(device=device).manual_seed(batch + vocab)
+    aligned = torch.randn(batch, length, vocab, device=device, generator=gen).to(torch.bfloat16)
+    ref = torch.randn(batch, length, vocab, device=device, generator=gen).to(torch.bfloat16)
+    stats = [torch.zeros(length, vocab, device=device), torch.zeros(length, vocab, device=device),
+             torch.zeros(length, dtype=torch.int64, device=device)]
+    row = dict(case, length=length, dtype="bf16", bytes=2 * batch * length * vocab * 2 + 16 * length * vocab)
+    ours = lambda: torch.ops.tsdi.logit_mean_update(*stats, aligned, ref, None, True)  # noqa: E731
+    row["us"], row["method"], why = measure(ours, reps, device)
+    if why:
+        row["not_captured"] = why
+    row["eager_us"], _ = measure_eager(ours, reps, device)
+    row["baselines"] = {}
+    refs = [("reference", reference.logit_mean_update)] + ([("compiled_ref", compiled_ref)] if compiled_ref else [])
+    for name, fn in refs:
+        try:  # both read a flag on the host (a sync): eager calls only
+            us, method = measure_eager(lambda: fn(*stats, aligned, ref, None, True), max(5, reps // 5), device)
+            row["baselines"][name] = {"us": us, "method": method}
+        except Exception as exc:
+            row["baselines"][name] = {"us": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    del aligned, ref, stats
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_tests(timeout_s):
+    """`pytest -m gpu tests` from the repository root, the source tree first on the path."""
     t0 = time.time()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]
+    print(f"running {' '.join(cmd[2:])} (timeout {timeout_s:.0f} s)", flush=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                               os.path.join("tests", "test_gpu.py")], capture_output=True, text=True, timeout=300,
-                              cwd=root)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=root, env=env)
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         print(out[-3000:])
-        return {"returncode": 124, "seconds": round(time.time() - t0, 1), "summary": "timed out after 300 s"}
+        return {"returncode": 124, "seconds": round(time.time() - t0, 1),
+                "summary": f"timed out after {timeout_s:.0f} s"}
     tail = (proc.stdout + proc.stderr)[-3000:]
     print(tail)
-    return {"returncode": proc.returncode, "seconds": round(time.time() - t0, 1), "summary": tail.strip()
-            .splitlines()[-1] if tail.strip() else ""}
+    return {"returncode": proc.returncode, "seconds": round(time.time() - t0, 1),
+            "summary": tail.strip().splitlines()[-1] if tail.strip() else ""}
+
+
+# --- derived figures and the table ----------------------------------------------------------------------------
+
+
+def derive(row, copy_gbs, launch):
+    """GB/s, fraction of the copy bandwidth, the one-read floor and the ratios, from the measured times."""
+    if not row.get("us"):
+        return row
+    row["gbs"] = row["bytes"] / (row["us"] * 1e-6) / 1e9
+    row["frac_copy_bw"] = row["gbs"] / copy_gbs
+    row["floor_us"] = row["bytes"] / (copy_gbs * 1e9) * 1e6 + launch
+    row["x_floor"] = row["us"] / row["floor_us"]
+    for b in row["baselines"].values():
+        b["speedup"] = b["us"] / row["us"] if b.get("us") else None
+    return row
+
+
+def _base_cell(b):
+    if not b or not b.get("us"):
+        return f"{'failed' if b else '-':>13} {'':>7}"
+    return f"{b['us']:10.1f} [{METHOD_TAG[b['method']]}] {b['speedup']:6.1f}x"
+
+
+def format_table(rows, copy_gbs, launch, baseline_names):
+    """Lines of the final table: debias_sample rows, then logit_mean_update rows."""
+    lines = []
+    sample = [r for r in rows if r["op"] == "debias_sample"]
+    acc = [r for r in rows if r["op"] == "logit_mean_update"]
+    key = lambda r: (r["vocab"] != VOCAB, r["vocab"], r["config"], r["batch"])  # noqa: E731
+    legend = ("[G] median over CUDA-graph replays (device time); [E] CUDA events around eager calls (may include "
+              "host work); [W] wall clock (CPU). x = baseline time / ours (> 1: ours faster). "
+              f"floor = bytes / copy bandwidth ({copy_gbs:.0f} GB/s) + one launch ({launch:.1f} us).")
+    if sample:
+        lines.append("debias_sample (bf16 logits; bytes = logits + DISTINCT bias rows)")
+        head = (f"{'config':9s} {'B':>4s} {'V':>6s} {'tsdi us':>11s} {'eager':>7s} {'floor':>7s} {'/floor':>6s} "
+                f"{'GB/s':>6s} {'%copy':>5s}")
+        for name in baseline_names["debias_sample"]:
+            head += f" | {name + ' us':>14s} {'x':>6s}"
+        lines.append(head)
+        for r in sorted(sample, key=key):
+            lines.append(_row_line(r, baseline_names["debias_sample"]))
+    if acc:
+        lines.append("logit_mean_update (bf16 inputs, L = 4; the references read a host flag: events only)")
+        head = (f"{'':9s} {'B':>4s} {'V':>6s} {'tsdi us':>11s} {'eager':>7s} {'floor':>7s} {'/floor':>6s} "
+                f"{'GB/s':>6s} {'%copy':>5s}")
+        for name in baseline_names["logit_mean_update"]:
+            head += f" | {name + ' us':>14s} {'x':>6s}"
+        lines.append(head)
+        for r in sorted(acc, key=key):
+            lines.append(_row_line(r, baseline_names["logit_mean_update"]))
+    lines.append(legend)
+    return lines
+
+
+def _row_line(r, names):
+    lead = f"{r['config']:9s} {r['batch']:4d} {r['vocab']:6d}"
+    if not r.get("us"):
+        return f"{lead} {r.get('error') or r.get('skipped')}"
+    line = (f"{lead} {r['us']:7.1f} [{METHOD_TAG[r['method']]}] {r['eager_us']:7.1f} {r['floor_us']:7.1f} "
+            f"{r['x_floor']:5.1f}x {r['gbs']:6.0f} {100 * r['frac_copy_bw']:4.0f}%")
+    for name in names:
+        line += " | " + _base_cell(r["baselines"].get(name))
+    if r.get("bad_rows"):
+        line += f"  !! {r['bad_rows']} rows returned a status code"
+    return line
+
+
+def format_kernels(row):
+    lines = []
+    for name, kernels in row.get("kernels", {}).items():
+        total = sum(k[1] for k in kernels)
+        lines.append(f"    {name}: {total:.1f} us of kernels per call, "
+                     f"{sum(k[2] for k in kernels):.0f} launches")
+        lines += [f"      {us:9.2f} us  x{n:<4.0f} {kname}" for kname, us, n in kernels]
+    return lines
+
+
+def _write(result, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cases = planned_cases(args.quick)
+    cases = planned_cases(args.quick, args.cpu_smoke)
     if args.dry_run:
         for c in cases:
-            print(f"{c['op']:18s} B={c['batch']:<4d} V={c['vocab']}")
+            print(f"{c['op']:18s} {c['config']:9s} B={c['batch']:<4d} V={c['vocab']}")
         print(f"{len(cases)} cases; JSON -> {args.out}")
         return 0
     import torch
     import triton
 
-    import tsdi_kernels  # noqa: F401  (registers torch.ops.tsdi)
-    from tsdi_kernels import reference
+    import tsdi_kernels
+    from tsdi_kernels.kernels.accumulate import reference as acc_reference
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to measure (use --dry-run to list the cases)")
+    device = "cpu" if args.cpu_smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure (--dry-run lists the cases, --cpu-smoke checks this script)")
         return 2
-    t_start = time.time()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "backends": tsdi_kernels.backends(), "quick": args.quick}
-    if not args.skip_tests:
-        result["tests"] = run_tests()
-    result["copy_gbs"] = copy_bandwidth_gbs()
-    print(f"device {result['device']}, copy bandwidth {result['copy_gbs']:.0f} GB/s")
-    sample_baselines = _sample_baselines()
-    compiled_acc = torch.compile(reference.logit_mean_update, dynamic=True)
+    run_tests_after = not (args.skip_tests or args.cpu_smoke)
+    deadline = _T0 + args.budget_s
+    timings_deadline = deadline - (args.tests_s if run_tests_after else 0.0)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} CPUs)",
+              "sm_count": torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else None,
+              "torch": torch.__version__, "triton": triton.__version__, "python": sys.version.split()[0],
+              "backends": tsdi_kernels.backends(), "quick": args.quick, "profile": args.profile,
+              "sampling": SAMPLING, "budget_s": args.budget_s}
+    if device == "cpu":
+        result["load_average"] = os.getloadavg()
+    result["copy_gbs"] = copy_bandwidth_gbs(device)
+    result["launch_us"] = launch_us(device)
+    print(f"device {result['device']}, copy bandwidth {result['copy_gbs']:.0f} GB/s, one launch "
+          f"{result['launch_us']:.1f} us, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    baselines = sample_baselines(device, not args.no_compile)
+    compiled_acc = None if args.no_compile else torch.compile(acc_reference.logit_mean_update, dynamic=True)
+    names = {"debias_sample": list(baselines),
+             "logit_mean_update": ["reference"] + ([] if args.no_compile else ["compiled_ref"])}
+    result["baseline_names"] = names
     rows = []
+    result["rows"] = rows
     for case in cases:
-        if time.time() - t_start > args.budget_s:
+        if time.time() > timings_deadline:
             rows.append(dict(case, skipped="time budget"))
             continue
+        t_case = time.time()
         try:
             if case["op"] == "debias_sample":
-                row = bench_sample(case["batch"], case["vocab"], args.reps, sample_baselines)
+                row = bench_sample(case, args.reps, baselines, device, args.profile)
             else:
-                row = bench_accumulate(case["batch"], case["vocab"], args.reps, compiled_acc)
-        except Exception as exc:  # e.g. out of memory at B=256: recorded, the run goes on
+                row = bench_accumulate(case, args.reps, compiled_acc, device)
+        except Exception as exc:  # e.g. out of memory: recorded, the run goes on
             row = dict(case, error=f"{type(exc).__name__}: {exc}"[:300])
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        row["case_s"] = round(time.time() - t_case, 1)
+        rows.append(derive(row, result["copy_gbs"], result["launch_us"]))
+        print(_row_line(row, names[row["op"]]) if row.get("us") else
+              f"{row['op']} {row['config']} B={row['batch']} V={row['vocab']}: {row.get('error')}", flush=True)
+        for line in format_kernels(row):
+            print(line)
+        result["seconds"] = round(time.time() - _T0, 1)
+        _write(result, args.out)  # after every case: a run cut short keeps what it measured
+    if run_tests_after:
+        if device == "cuda":
             torch.cuda.empty_cache()
-        if "us" in row:
-            row["gbs"] = row["bytes"] / (row["us"] * 1e-6) / 1e9
-            row["frac_copy_bw"] = row["gbs"] / result["copy_gbs"]
-            row["speedup"] = {k: (v / row["us"] if v else None) for k, v in row["baselines_us"].items()}
-        rows.append(row)
-        _print_row(row)
-    result["rows"] = rows
-    result["seconds"] = round(time.time() - t_start, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out} ({result['seconds']} s)")
+        result["tests"] = run_tests(max(60.0, deadline - time.time()))
+    print()
+    where = f"{result['device']} ({result['sm_count']} SMs)" if result["sm_count"] else (
+        f"{result['device']}, load average {' '.join(f'{x:.2f}' for x in result['load_average'])} at the start")
+    print(f"{where}, torch {result['torch']}, triton {result['triton']}, python {result['python']}; "
+          f"backends {result['backends']['debias_sample']}")
+    for line in format_table(rows, result["copy_gbs"], result["launch_us"], names):
+        print(line)
+    if "tests" in result:
+        print(f"GPU tests: {result['tests']['summary']} (exit {result['tests']['returncode']}, "
+              f"{result['tests']['seconds']} s)")
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    result["seconds"] = round(time.time() - _T0, 1)
+    _write(result, args.out)
+    print(f"wrote {args.out} ({result['seconds']} s{f', {skipped} cases skipped for time' if skipped else ''})")
     return 0 if result.get("tests", {}).get("returncode", 0) == 0 else 1
-
-
-def _print_row(row):
-    if "us" not in row:
-        print(f"{row['op']:18s} B={row['batch']:<4d} V={row['vocab']:<7d} {row.get('error') or row.get('skipped')}")
-        return
-    speed = " ".join(f"x{v:.1f} vs {k}" if v else f"- vs {k}" for k, v in row["speedup"].items())
-    print(f"{row['op']:18s} B={row['batch']:<4d} V={row['vocab']:<7d} {row['us']:9.1f} us ({row['method']:6s}) "
-          f"{row['gbs']:7.0f} GB/s {100 * row['frac_copy_bw']:5.1f}% of copy  {speed}", flush=True)
 
 
 if __name__ == "__main__":

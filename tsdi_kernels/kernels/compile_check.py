@@ -82,9 +82,14 @@ def _accumulator_configs(quick: bool):
         yield ("accumulate._row_stats_kernel", cfg, True, accumulate._row_stats_kernel, sig,
                dict(flags, BLOCK=block), 4)
         sig = dict(sig, mean_ptr="*fp32", m2_ptr="*fp32", count_ptr="*i64", batch="i32", length="i32",
-                   n_chunks="i32")
-        yield ("accumulate._merge_kernel", cfg, True, accumulate._merge_kernel, sig,
-               dict(flags, BLOCK_V=block, MAX_S1=accumulate.MAX_S1), 4)
+                   n_chunks="i32", group_ptr="*fp32", group_rows="i32")
+        for grouped in (False, True) if not quick or dtype == "bf16" else (False,):
+            yield ("accumulate._merge_kernel", f"{cfg}-grouped{int(grouped)}", not grouped, accumulate._merge_kernel,
+                   sig, dict(flags, BLOCK_V=block, MAX_S1=accumulate.MAX_S1, GROUPED=grouped), 4)
+    sig = {"mean_ptr": "*fp32", "m2_ptr": "*fp32", "count_ptr": "*i64", "err_ptr": "*i64", "group_ptr": "*fp32",
+           "length": "i32", "vocab": "i32", "n_groups": "i32"}
+    yield ("accumulate._combine_kernel", f"block{block}", False, accumulate._combine_kernel, sig,
+           {"BLOCK_V": block}, 4)
     for has_mask in (True, False):
         sig = {"count_ptr": "*i64", "mask_ptr": "*u8", "err_ptr": "*i64", "where_ptr": "*i64", "batch": "i32",
                "length": "i32"}

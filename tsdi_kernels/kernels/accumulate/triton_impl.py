@@ -4,7 +4,7 @@ Semantics are reference.logit_mean_update; per position t with n_b counted rows 
     mean_b, M2_b  (Welford over b, fixed order b = 0 .. B-1),  n = n_a + n_b,  delta = mean_b - mean_a
     mean <- mean_a + delta * (n_b / n),  M2 <- M2_a + (M2_b + delta^2 * (n_a * n_b / n)),  count <- n
 
-Three launches, no host synchronisation, no float atomics (the result is bitwise deterministic):
+Three launches (four with row groups), no host synchronisation, no float atomics (the result is bitwise deterministic):
   1. `_row_stats_kernel`, grid (B * L, S1): program (row, j) streams chunk j of a counted (b, t) row of `aligned`
      (and `reference`) once: online max m and sum of exp(x - m) per chunk (S1 > 1 only when B * L rows alone
      would leave SMs idle; the merge kernel combines a row's S1 partials with one vector load, fixed order, and
@@ -12,9 +12,11 @@ Three launches, no host synchronisation, no float atomics (the result is bitwise
      input. A bad row writes its flat index b * L + t
      with an integer atomic_min into one error slot: the minimum is order-independent, so the FIRST bad row
      (smallest (b, t), as the reference reports) wins deterministically.
-  2. `_merge_kernel`, grid (L, V / BLOCK_V): tile over V, loop over b inside the program (Welford in fp32
-     registers), then the Chan merge into mean / m2. It reads the error slot first and leaves the statistics
-     untouched when any counted row was bad.
+  2. `_merge_kernel`, grid (L, V / BLOCK_V, G): tile over V, loop over the rows of group g inside the program
+     (Welford in fp32 registers), then the Chan merge into mean / m2. It reads the error slot first and leaves
+     the statistics untouched when any counted row was bad. With G > 1 groups (small L, large B: plan_groups),
+     the groups run in parallel into scratch and `_combine_kernel`, grid (L, V / BLOCK_V), Chan-merges them in
+     the fixed order g = 0 .. G-1 before the merge into mean / m2 (deterministic, no atomics).
   3. `_count_kernel`, grid (1,): count[t] += n_b[t] (after 2, which reads the old count) and the (b, t) result.
 
 Bytes moved: normalize=True needs the row logsumexp before any element of d exists, so each input is read
@@ -31,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import sm_count, split_vocab
+from ..triton_launch import CTAS_PER_SM, sm_count, split_vocab
 
 NO_ERROR = tl.constexpr(2**63 - 1)
 
@@ -108,19 +110,24 @@ def _row_lse(part_ptr, i_row, n_c, which: tl.constexpr, MAX_S1: tl.constexpr):
 
 @triton.jit
 def _merge_kernel(
-    mean_ptr, m2_ptr, count_ptr, aligned_ptr, reference_ptr, mask_ptr, part_ptr, err_ptr, batch, length, vocab,
-    n_chunks, HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_V: tl.constexpr,
-    MAX_S1: tl.constexpr,
+    mean_ptr, m2_ptr, count_ptr, aligned_ptr, reference_ptr, mask_ptr, part_ptr, err_ptr, group_ptr, batch, length,
+    vocab, n_chunks, group_rows, HAS_REF: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZE: tl.constexpr,
+    BLOCK_V: tl.constexpr, MAX_S1: tl.constexpr, GROUPED: tl.constexpr,
 ):
+    """Program (t, v tile, g): Welford over the rows b of group g (b in [g * group_rows, (g + 1) * group_rows)),
+    fp32 in registers. One group (GROUPED=False): Chan-merged into mean / m2 here. Several groups: the group's
+    (n, mean, M2) go to scratch and _combine_kernel merges the groups in order g = 0, 1, ... (deterministic)."""
     i_t = tl.program_id(0)
     i_v = tl.program_id(1)
+    i_g = tl.program_id(2)
     if tl.load(err_ptr) == NO_ERROR:
         o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
         m_v = o_v < vocab
         n_b = 0.0
         b_mean = tl.zeros((BLOCK_V,), tl.float32)
         b_m2 = tl.zeros((BLOCK_V,), tl.float32)
-        for i_b in range(0, batch):
+        b_lo = i_g * group_rows
+        for i_b in range(b_lo, tl.minimum(b_lo + group_rows, batch)):
             i_row = i_b * length + i_t
             counted = True
             if HAS_MASK:
@@ -142,15 +149,58 @@ def _merge_kernel(
                 b_delta = b_d - b_mean
                 b_mean += b_delta / n_b
                 b_m2 += b_delta * (b_d - b_mean)
+        if GROUPED:
+            # scratch layout [G, L, 2, V] floats + [G, L] counts (written by the first v tile)
+            o_g = ((i_g * length + i_t) * 2).to(tl.int64) * vocab + o_v
+            tl.store(group_ptr + o_g, b_mean, mask=m_v)
+            tl.store(group_ptr + o_g + vocab, b_m2, mask=m_v)
+            if i_v == 0:
+                n_ptr = group_ptr + (tl.num_programs(2) * length * 2).to(tl.int64) * vocab
+                tl.store(n_ptr + i_g * length + i_t, n_b)
+        elif n_b > 0.0:
+            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2)
+
+
+@triton.jit
+def _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2):
+    """Chan's merge of a batch's (n_b, mean_b, M2_b) into the running statistics of position t (old count)."""
+    n_a = tl.load(count_ptr + i_t).to(tl.float32)
+    n = n_a + n_b
+    o_stat = i_t.to(tl.int64) * vocab + o_v
+    b_mean_a = tl.load(mean_ptr + o_stat, mask=m_v, other=0.0)
+    b_m2_a = tl.load(m2_ptr + o_stat, mask=m_v, other=0.0)
+    b_delta = b_mean - b_mean_a
+    tl.store(mean_ptr + o_stat, b_mean_a + b_delta * (n_b / n), mask=m_v)
+    tl.store(m2_ptr + o_stat, b_m2_a + (b_m2 + b_delta * b_delta * (n_a * n_b / n)), mask=m_v)
+
+
+@triton.jit
+def _combine_kernel(mean_ptr, m2_ptr, count_ptr, err_ptr, group_ptr, length, vocab, n_groups,
+                    BLOCK_V: tl.constexpr):
+    """Program (t, v tile): Chan-merges the groups' partial statistics in order g = 0 .. G-1 (fixed order:
+    deterministic), then merges the batch into mean / m2 as the one-group path does."""
+    i_t = tl.program_id(0)
+    i_v = tl.program_id(1)
+    if tl.load(err_ptr) == NO_ERROR:
+        o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        m_v = o_v < vocab
+        n_ptr = group_ptr + (n_groups * length * 2).to(tl.int64) * vocab
+        n_b = 0.0
+        b_mean = tl.zeros((BLOCK_V,), tl.float32)
+        b_m2 = tl.zeros((BLOCK_V,), tl.float32)
+        for i_g in range(0, n_groups):
+            n_g = tl.load(n_ptr + i_g * length + i_t)
+            if n_g > 0.0:
+                o_g = ((i_g * length + i_t) * 2).to(tl.int64) * vocab + o_v
+                b_mean_g = tl.load(group_ptr + o_g, mask=m_v, other=0.0)
+                b_m2_g = tl.load(group_ptr + o_g + vocab, mask=m_v, other=0.0)
+                n = n_b + n_g
+                b_delta = b_mean_g - b_mean
+                b_mean += b_delta * (n_g / n)
+                b_m2 += b_m2_g + b_delta * b_delta * (n_b * n_g / n)
+                n_b = n
         if n_b > 0.0:
-            n_a = tl.load(count_ptr + i_t).to(tl.float32)
-            n = n_a + n_b
-            o_stat = i_t.to(tl.int64) * vocab + o_v
-            b_mean_a = tl.load(mean_ptr + o_stat, mask=m_v, other=0.0)
-            b_m2_a = tl.load(m2_ptr + o_stat, mask=m_v, other=0.0)
-            b_delta = b_mean - b_mean_a
-            tl.store(mean_ptr + o_stat, b_mean_a + b_delta * (n_b / n), mask=m_v)
-            tl.store(m2_ptr + o_stat, b_m2_a + (b_m2 + b_delta * b_delta * (n_a * n_b / n)), mask=m_v)
+            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2)
 
 
 @triton.jit
@@ -177,7 +227,19 @@ def _count_kernel(count_ptr, mask_ptr, err_ptr, where_ptr, batch, length, HAS_MA
 MAX_S1 = 32
 
 
-def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None):
+def plan_groups(batch: int, length: int, vocab: int, block: int, n_sm: int, *, interp: bool, groups=None) -> int:
+    """Row groups of the merge stage: the merge runs L * ceil(V / block) programs, each looping over its rows;
+    when that leaves SMs idle (small L) and B is large, the rows are split into G groups (at least 4 rows each)
+    merged in parallel, then combined in a fixed order: G = min(one wave / programs, B / 4). Scratch: G * L * V * 8
+    bytes (G > 1 only when L * V / block is small, e.g. 4 MB at G = 4, L = 1, V = 128256)."""
+    if groups is None:
+        programs = length * triton.cdiv(vocab, block)
+        groups = 1 if interp else max(1, min((CTAS_PER_SM * n_sm) // programs, batch // 4))
+    return max(1, min(groups, batch))
+
+
+def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None,
+                      groups=None):
     """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
     counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation.
@@ -202,9 +264,18 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
     _row_stats_kernel[(batch * length, splits)](
         aligned, ref_arg, mask_arg, part, err, vocab, chunk,
         HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK=block, num_warps=num_warps)
-    _merge_kernel[(length, triton.cdiv(vocab, block))](
-        mean, m2, count, aligned, ref_arg, mask_arg, part, err, batch, length, vocab, splits,
+    groups = plan_groups(batch, length, vocab, block, sm_count(device), interp=interp, groups=groups)
+    group_rows = triton.cdiv(batch, groups)
+    groups = triton.cdiv(batch, group_rows)
+    scratch = torch.empty(groups * length * (2 * vocab + 1) if groups > 1 else 1, dtype=torch.float32,
+                          device=device)
+    n_v = triton.cdiv(vocab, block)
+    _merge_kernel[(length, n_v, groups)](
+        mean, m2, count, aligned, ref_arg, mask_arg, part, err, scratch, batch, length, vocab, splits, group_rows,
         HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block, MAX_S1=MAX_S1,
-        num_warps=num_warps)
+        GROUPED=groups > 1, num_warps=num_warps)
+    if groups > 1:
+        _combine_kernel[(length, n_v)](mean, m2, count, err, scratch, length, vocab, groups, BLOCK_V=block,
+                                       num_warps=num_warps)
     _count_kernel[(1,)](count, mask_arg, err, where, batch, length, HAS_MASK=has_mask, BLOCK_L=128)
     return where
