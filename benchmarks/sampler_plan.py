@@ -60,7 +60,8 @@ def compiled_usage(json_path, dtype: str, plan: dict) -> dict:
         for kernel, cfg, hot, fn, sig, constexprs, warps in compile_check.configs(quick=True):
             if kernel in KERNELS and (cfg == f"{dtype}-bias1" or not cfg.startswith(("bf16", "fp32", "fp16"))):
                 row = {"kernel": kernel, "config": cfg, "arch": "sm_90", "num_warps": warps, "ok": True}
-                row.update(compile_check.compile_one(fn, sig, constexprs, warps, 90))
+                row.update(compile_check.compile_one(fn, sig, constexprs, warps, 90,
+                                                     maxnreg=compile_check.MAXNREG.get(kernel)))
                 rows.append(row)
     usage = {}
     for kernel in KERNELS:

@@ -52,14 +52,16 @@ def _sampler_configs(quick: bool):
             sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", chunk="i32", part_f_ptr="*fp32",
                        part_i_ptr="*i64", cand_ptr="*i64")
             yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}", True, sample._stream_kernel, sig,
-                   {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep}, cfg["warps_stream"])
+                   {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep, "TOP_J": cfg["top_j"]}, cfg["warps_stream"])
         sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", stats_ptr="*fp32", out_ptr="*i64")
         yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}", False, sample._fallback_kernel, sig,
                {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"]}, cfg["warps_fallback"])
-    sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", out_ptr="*i64",
+    sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", gather_ptr="*i64",
+               out_ptr="*i64",
                stats_ptr="*fp32")
     yield ("sample._finish_kernel", f"keep{keep}", True, sample._finish_kernel, sig,
-           {"KEEP": keep, "BLOCK": block, "MAX_SPLITS": sample.MAX_SPLITS}, cfg["warps_finish"])
+           {"KEEP": keep, "BLOCK": block, "MAX_SPLITS": sample.MAX_SPLITS, "TOP_J": cfg["top_j"]},
+           cfg["warps_finish"])
 
 
 def _accumulator_variants(quick: bool):
@@ -151,7 +153,12 @@ def cubin_usage(cubin: bytes) -> dict:
             "spill_loads": stack + local}
 
 
-def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int, exact_spills=False) -> dict:
+# Register caps the launchers pass (`maxnreg`): the occupancy the launch plans assume.
+MAXNREG = {"sample._stream_kernel": sample.MAXNREG_STREAM}
+
+
+def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int, exact_spills=False,
+                maxnreg=None) -> dict:
     sig = {name: signature.get(name, "constexpr") for name in fn.arg_names}
     missing = [n for n in fn.arg_names if n not in signature and n not in constexprs]
     if missing:
@@ -161,7 +168,8 @@ def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int
     src = ASTSource(fn=fn, signature=sig, constexprs=dict(constexprs), attrs=attrs)
     target = GPUTarget("cuda", arch, 32)
     t0 = time.time()
-    kernel = triton.compile(src, target=target, options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    kernel = triton.compile(src, target=target, options=options)
     out = {"compile_s": round(time.time() - t0, 2), "shared_bytes": kernel.metadata.shared}
     out.update(ptxas_usage(kernel.asm["ptx"], arch) if exact_spills else cubin_usage(kernel.asm["cubin"]))
     return out
@@ -173,7 +181,8 @@ def run(archs=(90, 80), quick=False, exact_spills=False) -> list:
         for arch in archs:
             row = {"kernel": kernel, "config": cfg, "arch": f"sm_{arch}", "hot": hot, "num_warps": num_warps}
             try:
-                row.update(compile_one(fn, sig, constexprs, num_warps, arch, exact_spills), ok=True)
+                row.update(compile_one(fn, sig, constexprs, num_warps, arch, exact_spills, MAXNREG.get(kernel)),
+                           ok=True)
             except Exception as exc:  # reported, and the exit status says it failed
                 row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
             rows.append(row)

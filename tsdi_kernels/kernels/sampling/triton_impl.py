@@ -72,6 +72,10 @@ ERR_POSITION = tl.constexpr(_status.ERR_POSITION)
 ERR_TEMPERATURE = tl.constexpr(_status.ERR_TEMPERATURE)
 ERR_TOP_K = tl.constexpr(_status.ERR_TOP_K)
 ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
+# Top-k rows with k <= TOP_J (the serving case, e.g. k = 50): every split ends with its candidates sorted, and
+# kernel 2 gathers the row's top-k from the splits' first TOP_J keys in ONE merge (see _finish_kernel).
+# TOP_J = min(64, KEEP / 2): a sorted split keeps KEEP / 2 keys.
+TOP_J_MAX = 64
 NEEDS_FALLBACK = tl.constexpr(-1000)  # internal (below every status.py code): kernel 2 could not decide the row
 
 
@@ -145,7 +149,7 @@ def _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS: tl.
 def _stream_kernel(
     logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
     strength, vocab, chunk, part_f_ptr, part_i_ptr, cand_ptr,
-    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr, TOP_J: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     HALF: tl.constexpr = KEEP // 2
@@ -192,7 +196,11 @@ def _stream_kernel(
     count = tl.zeros((), tl.int32)
     cutoff = tl.zeros((), tl.int64) + INT64_MIN
     flags = tl.zeros((), tl.int32)
-    for v0 in range(start, end, BLOCK):
+    # top-k rows with k <= TOP_J end with their candidates sorted (kernel 2 gathers their first TOP_J keys): the
+    # loop runs one more iteration past `end`, which loads nothing and only sorts, so that the kernel keeps ONE
+    # sort site (each tl.sort site costs ~10 s of compile time).
+    sort_at_end = filtered & (top_k > 0) & (top_k <= TOP_J)
+    for v0 in range(start, end + BLOCK, BLOCK):
         o_v = v0 + o_blk
         m_v = o_v < end
         b_z = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS)
@@ -227,18 +235,19 @@ def _stream_kernel(
                 o_dst = count + tl.cumsum(m_new_c.to(tl.int32), axis=0) - 1
                 tl.store(p_cand + o_dst, b_key, mask=m_new_c)
                 count += n_new
-                if count > KEEP:
-                    # cut to the HALF best keys (amortised: the next cut needs HALF new candidates); the
-                    # cutoff rises to the HALF-th key. One sort site keeps compile time down.
-                    tl.debug_barrier()
-                    b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
-                    b_buf = _sort_desc(b_buf)
-                    cutoff = tl.min(tl.where(o_slot < HALF, b_buf, INT64_MAX), axis=0)
-                    tl.debug_barrier()
-                    tl.store(p_cand + o_slot, b_buf, mask=o_slot < HALF)
-                    count = tl.zeros((), tl.int32) + HALF
-                    flags = flags | FLAG_CUT
-                    tl.debug_barrier()
+            if (count > KEEP) | (sort_at_end & (v0 >= end) & (count > 0)):
+                # cut to the HALF best keys (amortised: the next cut needs HALF new candidates); the cutoff
+                # rises to the HALF-th key. At the end of a top-k row: sort, keep up to HALF (>= TOP_J) keys.
+                tl.debug_barrier()
+                b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
+                b_buf = _sort_desc(b_buf)
+                dropped = count > HALF
+                cutoff = tl.where(dropped, tl.min(tl.where(o_slot < HALF, b_buf, INT64_MAX), axis=0), cutoff)
+                tl.debug_barrier()
+                tl.store(p_cand + o_slot, b_buf, mask=o_slot < HALF)
+                count = tl.minimum(count, HALF)
+                flags = flags | tl.where(dropped, FLAG_CUT, 0)
+                tl.debug_barrier()
     flags = flags | tl.max(v_flags & FLAG_NAN, axis=0) | tl.max(v_flags & FLAG_PINF, axis=0) \
         | tl.max(v_flags & FLAG_FINITE, axis=0)
     z_run = tl.sum(v_z, axis=0)
@@ -258,7 +267,8 @@ def _stream_kernel(
 @triton.jit
 def _finish_kernel(
     positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr,
-    cand_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr, MAX_SPLITS: tl.constexpr,
+    cand_ptr, gather_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr, MAX_SPLITS: tl.constexpr,
+    TOP_J: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     i_b = tl.program_id(0)
@@ -296,17 +306,62 @@ def _finish_kernel(
     c_near = tl.cumsum(m_near_s.to(tl.int32), axis=0)
     b_cand = tl.full((KEEP,), INT64_MIN, tl.int64)
     n_near = tl.sum(m_near_s.to(tl.int32), axis=0)
+    # Top-k rows (k <= TOP_J): ONE merge instead of one per near split (on real LLM logits nearly every split is
+    # near). Each split's first TOP_J candidates are sorted (kernel 1), so the row's top-k lies in this
+    # [splits, TOP_J] tile: its k-th largest order key tau is found by bisection (32 counts over the tile), and
+    # the keys >= tau (k + ties) are compacted into a KEEP buffer that the loop below sorts once. Exact unless a
+    # split has TOP_J keys >= tau (it may hold more) or the ties overflow KEEP: then the per-split merges run.
+    gathered = n_split < 0  # a boolean tensor (False): both branches below must give it the same type
+    n_gathered = tl.zeros((), tl.int32)
+    use_k = (top_k > 0) & (top_k < vocab)
+    if use_k & (top_k <= TOP_J) & (n_split > 1):
+        o_j = tl.arange(0, TOP_J)
+        o_tile = (i_b * n_split + o_s[:, None]) * SLOTS + o_j[None, :]  # int32: B * S * SLOTS < 2**31
+        m_tile = m_s_ok[:, None] & (o_j[None, :] < v_n[:, None])
+        # order keys (high words) only, invalid slots at INT32_MIN, which no bisection midpoint reaches
+        t_ord = (tl.load(cand_ptr + o_tile, mask=m_tile, other=INT64_MIN) >> 32).to(tl.int32)
+        lo = tl.zeros((), tl.int64) - 2147483648
+        hi = tl.zeros((), tl.int64) + 2147483647
+        for _ in range(32):  # the largest tau with count(t_ord >= tau) >= k
+            mid = (lo + hi + 1) // 2
+            n_ge = tl.sum(tl.sum((t_ord >= mid).to(tl.int32), axis=1), axis=0)
+            lo = tl.where(n_ge >= top_k, mid, lo)
+            hi = tl.where(n_ge >= top_k, hi, mid - 1)
+        n_gathered = tl.sum(tl.sum((t_ord >= lo).to(tl.int32), axis=1), axis=0)
+        last_in = tl.max(tl.max(((o_j[None, :] == TOP_J - 1) & (t_ord >= lo)).to(tl.int32), axis=1), axis=0)
+        gathered = (n_gathered >= top_k) & (n_gathered <= KEEP) & (last_in == 0)
+        if gathered:
+            # compaction, 8 splits at a time (small tiles keep registers down): keys >= tau in split order
+            n_done = tl.zeros((), tl.int32)
+            for s0 in range(0, MAX_SPLITS, 8):
+                o_s8 = s0 + tl.arange(0, 8)
+                m_c8 = (o_s8[:, None] < n_split) & (o_j[None, :] < tl.load(
+                    part_i_ptr + (i_b * n_split + o_s8) * 4 + 2, mask=o_s8 < n_split, other=0)[:, None])
+                c_key = tl.load(cand_ptr + (i_b * n_split + o_s8[:, None]) * SLOTS + o_j[None, :], mask=m_c8,
+                                other=INT64_MIN)
+                f_sel = tl.reshape(m_c8 & ((c_key >> 32) >= lo), (8 * TOP_J,))
+                o_dst = n_done + tl.cumsum(f_sel.to(tl.int32), axis=0) - 1
+                tl.store(gather_ptr + i_b.to(tl.int64) * KEEP + o_dst, tl.reshape(c_key, (8 * TOP_J,)),
+                         mask=f_sel)
+                n_done += tl.sum(f_sel.to(tl.int32), axis=0)
+            tl.debug_barrier()
+            n_near = 1
     for i_near in range(0, n_near):
         i_s = tl.min(tl.where(m_near_s & (c_near == i_near + 1), o_s, MAX_SPLITS), axis=0)
         n_s = tl.sum(tl.where(o_s == i_s, v_n, 0), axis=0).to(tl.int32)
-        b_new = tl.load(cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS + o_keep, mask=o_keep < n_s,
-                        other=INT64_MIN)
-        b_new = tl.where(_key_to_float((b_new >> 32).to(tl.int32)) >= thr, b_new, INT64_MIN)
+        if gathered:
+            b_new = tl.load(gather_ptr + i_b.to(tl.int64) * KEEP + o_keep, mask=o_keep < n_gathered,
+                            other=INT64_MIN)
+        else:
+            b_new = tl.load(cand_ptr + (i_b * n_split + i_s).to(tl.int64) * SLOTS + o_keep, mask=o_keep < n_s,
+                            other=INT64_MIN)
+            b_new = tl.where(_key_to_float((b_new >> 32).to(tl.int32)) >= thr, b_new, INT64_MIN)
         # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half (one sort site for compile time)
         b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
         b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
-    tl.store(stats_ptr + i_b * 2 + 0, m_run)
-    tl.store(stats_ptr + i_b * 2 + 1, z_run)
+    tl.store(stats_ptr + i_b * 3 + 0, m_run)
+    tl.store(stats_ptr + i_b * 3 + 1, z_run)
+    tl.store(stats_ptr + i_b * 3 + 2, n_near.to(tl.float32))  # merges (candidate sorts) of this row, for reports
 
     # the exact HF rule on the candidate prefix (sorted by s descending, equal s by index descending)
     complete = (flags & FLAG_CUT) == 0
@@ -314,10 +369,9 @@ def _finish_kernel(
     n_c = tl.sum(m_c.to(tl.int32), axis=0)
     b_s = tl.where(m_c, _key_to_float((b_cand >> 32).to(tl.int32)), float("-inf"))
     b_idx = b_cand & 0xFFFFFFFF
-    use_k = (top_k > 0) & (top_k < vocab)
     kth = tl.max(tl.where(o_keep == top_k - 1, b_s, float("-inf")), axis=0)
     last = tl.min(tl.where(m_c, b_s, float("inf")), axis=0)
-    k_ok = complete | ((top_k <= n_c) & (last < kth))
+    k_ok = gathered | complete | ((top_k <= n_c) & (last < kth))
     m_surv = m_c & (b_s >= tl.where(use_k, kth, float("-inf")))
     b_e = tl.where(m_surv, tl.exp(b_s - m_run), 0.0)
     z_k = tl.where(use_k, tl.sum(b_e, axis=0), z_run)
@@ -359,8 +413,8 @@ def _fallback_kernel(
         top_k = tl.load(top_k_ptr + i_b)
         top_p = tl.load(top_p_ptr + i_b)
         seed = tl.load(seed_ptr + i_b)
-        m_run = tl.load(stats_ptr + i_b * 2 + 0)
-        z_run = tl.load(stats_ptr + i_b * 2 + 1)
+        m_run = tl.load(stats_ptr + i_b * 3 + 0)
+        z_run = tl.load(stats_ptr + i_b * 3 + 1)
         bias_end = tl.where(position < n_bias_rows, vocab, 0)
         p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
         p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
@@ -433,6 +487,10 @@ def _fallback_kernel(
 # --- launcher -------------------------------------------------------------------------------------------------
 
 MAX_SPLITS = 64
+# Register cap of the streaming kernel: 128 x 128 threads -> 4 CTAs per SM, the occupancy split_vocab sizes one wave
+# with (triton_launch.CTAS_PER_SM). Uncapped, sm_90 allocates 148 (3 CTAs/SM: a second wave at B >= 64); capped,
+# compile_check shows no spills.
+MAXNREG_STREAM = 128
 
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
@@ -448,16 +506,19 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
     splits, chunk = split_vocab(batch, vocab, block, n_sm, MAX_SPLITS, interp=interp, splits=splits)
     return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
             "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 4,
-            "warps_fallback": 8}
+            "warps_fallback": 8, "maxnreg_stream": MAXNREG_STREAM, "top_j": min(TOP_J_MAX, keep // 2)}
 
 
 def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
-                  keep=None, splits=None):
+                  keep=None, splits=None, report=None):
     """Launcher of torch.ops.tsdi.debias_sample on CUDA (and on CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
-    block / keep / splits override the tile size, candidate count and vocabulary splits (tests)."""
+    block / keep / splits override the tile size, candidate count and vocabulary splits (tests). `report`, a
+    dict, receives per-row diagnostics for tests and benchmarks: "merges" (int64 [B], candidate sorts of kernel 2)
+    and "fallback" (bool [B], rows kernel 3 solved)."""
     batch, vocab = logits.shape
     device = logits.device
+    interp = device.type != "cuda"
     out = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return out
@@ -469,16 +530,21 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     part_f = torch.empty(batch * splits * 4, dtype=torch.float32, device=device)
     part_i = torch.empty(batch * splits * 4, dtype=torch.int64, device=device)
     cand = torch.empty(batch * splits * (keep + block), dtype=torch.int64, device=device)
-    stats = torch.empty(batch * 2, dtype=torch.float32, device=device)
+    gather = torch.empty(batch * keep, dtype=torch.int64, device=device)
+    stats = torch.empty(batch * 3, dtype=torch.float32, device=device)
     strength = float(strength)
     _stream_kernel[(batch, splits)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep,
-        num_warps=cfg["warps_stream"])
+        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, TOP_J=cfg["top_j"],
+        num_warps=cfg["warps_stream"], **({} if interp else {"maxnreg": cfg["maxnreg_stream"]}))
     _finish_kernel[(batch,)](
-        positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, out, stats,
-        KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, num_warps=cfg["warps_finish"])
+        positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, gather, out, stats,
+        KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, TOP_J=cfg["top_j"], num_warps=cfg["warps_finish"])
+    fallback_rows = (out == NEEDS_FALLBACK.value) if report is not None else None
     _fallback_kernel[(batch,)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
         vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
+    if report is not None:
+        report["merges"] = stats.view(batch, 3)[:, 2].to(torch.int64)
+        report["fallback"] = fallback_rows
     return out
