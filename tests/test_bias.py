@@ -220,3 +220,88 @@ def test_check_tokenizer_with_a_non_string_fingerprint(tok):
     table.metadata["tokenizer_fingerprint"] = 7
     with pytest.raises(ValueError, match="tokenizer_fingerprint"):
         table.check_tokenizer(tok)
+
+
+# --- aligned_logprob and the ranking by probability moved (issue 12) ------------------------------------------
+
+
+def table_with_logprob(tok, length=2):
+    """A table where token `junk` has a huge bias but no probability, and token `sorry` a moderate bias and most of
+    the aligned model's probability: only `sorry` matters when debiasing."""
+    vocab = len(tok)
+    junk, sorry, sure = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("I"), tok.convert_tokens_to_ids("S")
+    mean = torch.zeros(length, vocab)
+    mean[:, junk], mean[:, sorry], mean[:, sure] = 12.0, 3.0, -2.0
+    special = tok.all_special_ids[0]
+    mean[:, special] = 20.0
+    logits = torch.full((length, vocab), -8.0)
+    logits[:, junk], logits[:, special] = -30.0, -30.0
+    logits[:, sorry], logits[:, sure] = 4.0, 2.0
+    lp = torch.log_softmax(logits, -1)
+    m2 = torch.full((length, vocab), 0.5)
+    table = BiasTable(mean, m2, torch.full((length,), 10, dtype=torch.int64), {"normalize": True},
+                      aligned_logprob=lp)
+    return table, junk, sorry, sure, special
+
+
+def test_ranked_by_probability_moved_skips_junk_and_special_tokens(tok):
+    table, junk, sorry, sure, special = table_with_logprob(tok)
+    by_bias = [row.token_id for row in table.ranked_tokens(0, 3, tok, by="bias", skip_special=False)]
+    assert by_bias[:2] == [special, junk]  # what a ranking by raw bias shows: nothing that matters
+    taken = table.ranked_tokens(0, 3, tok)
+    assert taken[0].token_id == sorry and junk not in [r.token_id for r in taken]
+    row = taken[0]
+    assert row.text == tok.decode([sorry]) and row.bias == 3.0 and row.p_aligned > 0.5
+    assert row.p_debiased < row.p_aligned and abs(row.moved - (row.p_aligned - row.p_debiased)) < 1e-6
+    given = table.ranked_tokens(0, 3, tok, largest=False)
+    assert given[0].token_id == sure and all(r.p_debiased > r.p_aligned for r in given)
+    assert 0.0 < table.total_variation(0) < 1.0 and table.total_variation(0, 0.0) == 0.0
+    assert table.total_variation(0, 2.0) > table.total_variation(0, 1.0)
+    stats = table.token_stats(1, [sorry, junk])
+    assert [s.token_id for s in stats] == [sorry, junk] and stats[1].moved < 1e-9
+
+
+def test_aligned_logprob_round_trip_and_older_tables(tok, tmp_path):
+    table, *_ = table_with_logprob(tok)
+    path = tmp_path / "t.safetensors"
+    table.save(path)
+    loaded = BiasTable.load(path)
+    assert torch.equal(loaded.aligned_logprob, table.aligned_logprob)
+    assert torch.equal(loaded.copy().aligned_logprob, table.aligned_logprob)
+    assert torch.equal(loaded.to("cpu").aligned_logprob, table.aligned_logprob)
+    older, _ = make_table(tok)  # no aligned_logprob: still loads, ranks by bias only
+    older.save(path)
+    loaded = BiasTable.load(path)
+    assert loaded.aligned_logprob is None
+    assert loaded.ranked_tokens(0, 2, tok, by="bias")
+    with pytest.raises(ValueError, match="aligned_logprob"):
+        loaded.ranked_tokens(0, 2, tok)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda lp: lp[:1], "aligned_logprob"),
+    (lambda lp: lp.double(), "aligned_logprob"),
+    (lambda lp: lp.index_fill(1, torch.tensor([0]), float("nan")), "non-finite"),
+    (lambda lp: lp.index_fill(1, torch.tensor([0]), 0.5), "> 0"),
+], ids=["shape", "dtype", "nan", "positive"])
+def test_bad_aligned_logprob_is_refused_on_load(tok, tmp_path, bad, message):
+    table, *_ = table_with_logprob(tok)
+    path = tmp_path / "t.safetensors"
+    header = {"format_version": json.dumps(FORMAT_VERSION)}
+    save_file({"mean": table.mean, "m2": table.m2, "count": table.count,
+               "aligned_logprob": bad(table.aligned_logprob).contiguous()}, str(path), metadata=header)
+    with pytest.raises(ValueError, match=message) as info:
+        BiasTable.load(path)
+    assert "t.safetensors" in str(info.value)
+
+
+def test_merge_keeps_aligned_logprob_only_when_both_have_it(tok):
+    a, *_ = table_with_logprob(tok)
+    b, *_ = table_with_logprob(tok)
+    b.aligned_logprob = b.aligned_logprob - 1.0
+    merged = a.copy()
+    merged.merge(b)  # equal counts: the plain average
+    torch.testing.assert_close(merged.aligned_logprob, a.aligned_logprob - 0.5)
+    c = a.copy()
+    c.merge(BiasTable(a.mean.clone(), a.m2.clone(), a.count.clone()))
+    assert c.aligned_logprob is None

@@ -275,3 +275,133 @@ def test_estimate_into_a_checkpoint_written_for_a_partial_last_batch(models, tmp
     capsys.readouterr()
     again = BiasTable.load(out)
     assert again.count.tolist() == [10, 10] and torch.equal(again.mean, first.mean)
+
+
+# --- a newcomer's first hour (issue 12) ----------------------------------------------------------------------
+
+# Runs main() as the `tsdi` console script does (sys.argv[0] == "tsdi": the package skips registering the ops),
+# then lists which heavy modules the process imported.
+NO_TORCH_PROBE = """
+import sys
+sys.argv = ["tsdi"] + sys.argv[1:]
+from tsdi_kernels.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exc:
+    rc = exc.code
+print("HEAVY", sorted(m for m in ("torch", "transformers") if m in sys.modules))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("argv, rc", [
+    (["--help"], 0),
+    (["generate", "--help"], 0),
+    (["demo", "--help"], 0),
+    (["estimate", "--aligned", "x"], 2),
+    (["generate", "--model", "m", "--prompt", "x", "--strength", "nan"], 2),
+    (["generate", "--model", "m", "--prompt", "x", "--device", "meta"], 2),
+    (["generate", "--model", "/no/such/model", "--prompt", "x"], 2),
+    (["inspect", "/no/such/table.safetensors"], 2),
+    (["frobnicate"], 2),
+], ids=["help", "generate-help", "demo-help", "missing-option", "bad-strength", "bad-device", "missing-model",
+        "missing-table", "unknown-command"])
+def test_help_and_argument_errors_do_not_import_torch(argv, rc):
+    """`tsdi --help` and argument errors answer without importing torch or transformers (seconds otherwise)."""
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_PROBE, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == rc, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout[-300:]
+    if rc == 2:
+        assert proc.stderr.count("tsdi: error:") == 1
+
+
+def test_console_script_help_does_not_import_torch():
+    """The installed script itself, under -X importtime (what a user runs)."""
+    script = os.path.join(os.path.dirname(sys.executable), "tsdi")
+    if not os.path.exists(script):
+        pytest.skip("the tsdi console script is not installed in this environment")
+    proc = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "estimate" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "tsdi_kernels.cli" in imported and not {"torch", "transformers"} & imported
+
+
+def test_the_package_still_registers_the_ops_outside_the_cli():
+    """The contract: `import tsdi_kernels` registers torch.ops.tsdi (also when a program named tsdi has torch
+    imported already); under the CLI the kernel names are served on first use."""
+    code = """
+import sys
+sys.argv[0] = "tsdi"
+import torch
+import tsdi_kernels
+assert hasattr(torch.ops.tsdi, "debias_sample") and hasattr(torch.ops.tsdi, "logit_mean_update")
+print("OK", tsdi_kernels.debias_sample.__module__)
+"""
+    assert hasattr(torch.ops.tsdi, "debias_sample")  # this process: pytest imported tsdi_kernels the usual way
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+    lazy = """
+import sys
+sys.argv = ["tsdi"]
+import tsdi_kernels
+assert "torch" not in sys.modules
+fn = tsdi_kernels.debias_sample          # served lazily: registers the ops
+import torch
+assert hasattr(torch.ops.tsdi, "debias_sample") and callable(fn) and "backends" in dir(tsdi_kernels)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+
+
+def test_help_documents_negative_strength_and_tokenizer(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "NEGATIVE strength adds the bias" in out and "probe" in out
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--tokenizer" in out and "--probe" in out and "--plot" in out
+
+
+def test_negative_strength_is_a_probe(models, tmp_path, capsys):
+    table = tmp_path / "b.safetensors"
+    assert main(["estimate", "--aligned", models["aligned"], "--reference", models["ref"], "-o", str(table),
+                 "--num-prompts", "8", "--length", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", models["aligned"], "--bias", str(table), "--prompt", "hello",
+                 "--max-new-tokens", "3", "--greedy", "--strength", "-1"]) == 0
+    captured = capsys.readouterr()
+    assert "### hello" in captured.out and "amplifies" in captured.err
+
+
+def test_inspect_ranks_what_matters_and_falls_back_for_older_tables(models, tmp_path, capsys):
+    table_path = tmp_path / "b.safetensors"
+    assert main(["estimate", "--aligned", models["aligned"], "--reference", models["ref"], "-o", str(table_path),
+                 "--num-prompts", "8", "--length", "2", "--no-progress", "--tokenizer", models["aligned"]]) == 0
+    capsys.readouterr()
+    table = BiasTable.load(table_path)
+    assert table.metadata["tokenizer"] == models["aligned"]
+    assert main(["inspect", str(table_path), "--top", "2", "--probe", "I", "--probe", "Sure"]) == 0
+    out = capsys.readouterr().out
+    assert "p_aligned" in out and "pos 1: strength 1 moves" in out and "openers" in out
+    tok = tiny_tokenizer()
+    expected = [row.token_id for row in table.ranked_tokens(0, 2, tok)]
+    shown = [int(line.split()[2]) for line in out.splitlines() if line.startswith("  0")]
+    assert shown == expected
+    # an older table (no aligned_logprob) ranks by raw bias and says so; a table without a tokenizer folder notes it
+    older = table.copy(metadata={**table.metadata, "aligned": "org/model", "tokenizer": "org/model"})
+    older.aligned_logprob = None
+    older.save(tmp_path / "old.safetensors")
+    assert main(["inspect", str(tmp_path / "old.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "ranked by raw bias" in out and "no tokenizer found" in out and "--tokenizer" in out
+    rc = main(["inspect", str(tmp_path / "old.safetensors"), "--by", "moved"])
+    assert "aligned_logprob" in one_line_error(capsys, rc)
+    plot = tmp_path / "old.png"
+    assert main(["inspect", str(tmp_path / "old.safetensors"), "--tokenizer", models["ref"], "--plot",
+                 str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -173,3 +173,65 @@ def test_results_json_is_written_atomically_with_the_umask(tmp_path):
         os.umask(old)
     assert json.loads(path.read_text())["x"] == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+# --- issue 12: the demo writes its models as folders, shows progress, prints the tokens that matter ----------
+
+
+@pytest.fixture
+def reference_folder(tiny, tmp_path):
+    """The tiny reference as a model folder and a LoRA for it in the demo's adapter format."""
+    from safetensors.torch import save_file
+
+    tok, _, reference = tiny
+    folder = tmp_path / "reference"
+    reference.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    g = torch.Generator().manual_seed(1)
+    save_file({"model.layers.0.mlp.up_proj.lora_A": torch.randn(2, 32, generator=g),
+               "model.layers.0.mlp.up_proj.lora_B": torch.randn(64, 2, generator=g)},
+              str(tmp_path / "lora.safetensors"), metadata={"scale": "1.0"})
+    return folder, tmp_path / "lora.safetensors"
+
+
+def test_models_are_exported_once_and_loaded_from_their_folders(reference_folder, prompts_file, tmp_path):
+    folder, lora = reference_folder
+    args = parse(["--model", str(folder), "--adapter", str(lora), "--out", str(tmp_path / "out"),
+                  "--prompts", str(prompts_file)])
+    lines = []
+    aligned, reference, tok = demo.load_models(args, log=lines.append)
+    models_dir = (tmp_path / "out" / "models").resolve()
+    assert aligned.name_or_path == str(models_dir / "aligned") and "writing the aligned model" in "\n".join(lines)
+    assert not torch.equal(aligned.model.layers[0].mlp.up_proj.weight, reference.model.layers[0].mlp.up_proj.weight)
+    written = (models_dir / "aligned" / "config.json").stat().st_mtime_ns
+    lines.clear()
+    demo.load_models(args, log=lines.append)  # same --model and --adapter: reused, not written again
+    assert "reusing the model folders" in "\n".join(lines)
+    assert (models_dir / "aligned" / "config.json").stat().st_mtime_ns == written
+    os.utime(lora)  # a newer adapter file: written again
+    lines.clear()
+    demo.load_models(args, log=lines.append)
+    assert "writing the aligned model" in "\n".join(lines)
+    lines.clear()
+    no_export = parse(["--model", str(folder), "--adapter", str(lora), "--out", str(tmp_path / "o2"), "--no-export"])
+    aligned, _, _ = demo.load_models(no_export, log=lines.append)
+    assert not (tmp_path / "o2" / "models").exists() and "+" in aligned.name_or_path
+
+
+def test_generation_progress_bar_and_bias_tokens(tiny, prompts_file, tmp_path, capsys):
+    tok, aligned, reference = tiny
+    args = parse(["--prompts", str(prompts_file), "--num-prompts", "8", "--length", "2", "--batch-size", "4",
+                  "--strengths", "1", "--max-new-tokens", "3", "--gen-batch-size", "2", "--out", str(tmp_path),
+                  "--top", "2"])
+    lines = []
+    demo.demo(aligned, reference, tok, args, log=lines.append)
+    err = capsys.readouterr().err
+    # one bar over every configuration's decoding steps: 3 configs x 5 prompts x 3 tokens
+    assert "generating" in err and "45/45" in err
+    assert err.count("8/8") == 1  # the estimation's final line, once
+    text = "\n".join(lines)
+    assert "strength 1 moves" in text and "takes from:" in text and "gives to:" in text and "±" in text
+    from tsdi_kernels import BiasTable
+
+    table = BiasTable.load(tmp_path / "bias.safetensors")
+    assert table.aligned_logprob is not None

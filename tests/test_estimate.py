@@ -163,6 +163,41 @@ def test_progress_bar_shows_stderr(pair, capsys):
     run(pair, num_prompts=32, progress=True)
     err = capsys.readouterr().err
     assert "32/32" in err and "max_stderr" in err
+    # the final state is printed once (it used to be printed by the last update and again by close(), with
+    # different rates and standard errors, in logs that keep every refresh)
+    assert err.count("32/32") == 1, err
+
+
+def test_records_the_aligned_models_mean_log_probabilities(pair):
+    """aligned_logprob = mean log_softmax(aligned) over the same prompts: with the models swapped (same seed, same
+    prompts), aligned_logprob - bias is the reference's mean log-probabilities."""
+    tok, ref, aligned, _ = pair
+    kw = dict(num_prompts=16, batch_size=8, seed=5, progress=False, length=L)
+    forward = estimate_bias(aligned, ref, tok, **kw)
+    swapped = estimate_bias(ref, aligned, tok, **kw)
+    assert forward.aligned_logprob.shape == forward.mean.shape and bool((forward.aligned_logprob <= 1e-3).all())
+    torch.testing.assert_close(forward.aligned_logprob - forward.mean, swapped.aligned_logprob, atol=2e-4, rtol=0)
+    # the probabilities debiasing at strength 1 gives are the reference's (normalised geometric) mean
+    for t in range(L):
+        _, p_debiased = forward.moved_probability(t)
+        torch.testing.assert_close(p_debiased, torch.softmax(swapped.aligned_logprob[t], -1), atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_without_aligned_logprob_resumes_without_it(pair, tmp_path):
+    """A checkpoint written before aligned_logprob existed resumes (the bias is exact) into a table without it."""
+    tok, ref, aligned, _ = pair
+    kw = dict(num_prompts=24, batch_size=8, seed=6, progress=False, length=L)
+    full = estimate_bias(aligned, ref, tok, **kw)
+    ckpt = tmp_path / "old.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        estimate_bias(Interrupt(aligned, 2, KeyboardInterrupt()), ref, tok, checkpoint=ckpt, **kw)
+    old = BiasTable.load(ckpt)
+    old.aligned_logprob = None
+    old.save(ckpt)
+    resumed = estimate_bias(aligned, ref, tok, checkpoint=ckpt, **kw)
+    assert resumed.aligned_logprob is None
+    for name in ("mean", "m2", "count"):
+        assert torch.equal(getattr(resumed, name), getattr(full, name)), name
 
 
 class Interrupt:
@@ -296,6 +331,9 @@ def backend(request):
 def assert_same_table(a, b):
     for name in ("mean", "m2", "count"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # the aligned model's mean log-probabilities resume exactly too (both tables have them)
+    assert a.aligned_logprob is not None and b.aligned_logprob is not None
+    assert torch.equal(a.aligned_logprob, b.aligned_logprob)
 
 
 def test_ctrl_c_after_a_partial_last_batch_is_not_counted_twice(pair, tmp_path, monkeypatch, backend):
@@ -324,18 +362,23 @@ def test_ctrl_c_after_a_partial_last_batch_is_not_counted_twice(pair, tmp_path, 
     assert_same_table(resumed, full)
 
 
-def test_ctrl_c_inside_an_update_never_checkpoints_half_a_batch(pair, tmp_path, monkeypatch, backend):
+@pytest.mark.parametrize("which", ["bias", "aligned_logprob"])
+def test_ctrl_c_inside_an_update_never_checkpoints_half_a_batch(pair, tmp_path, monkeypatch, backend, which):
     """An update in several steps (Triton launches mean/M2 and count separately) interrupted between them: the
-    checkpoint holds the statistics before that batch, and the resumed table is bitwise the uninterrupted one."""
+    checkpoint holds the statistics before that batch, and the resumed table is bitwise the uninterrupted one.
+    Each batch makes two updates (the bias, then the aligned model's mean log-probabilities, reference=None):
+    interrupted inside either one, both are rolled back."""
     tok, ref, aligned, _ = pair
     kw = dict(num_prompts=24, batch_size=8, seed=9, progress=False)
     full = estimate_bias(aligned, ref, tok, length=L, **kw)
     real, calls = _accumulate_op._UPDATE[backend], []
 
-    def half_then_ctrl_c(mean, m2, count, *args):
-        calls.append(1)
+    def half_then_ctrl_c(mean, m2, count, aligned_logits, reference, *args):
+        if (reference is None) == (which == "aligned_logprob"):
+            calls.append(1)
         if len(calls) < 2:
-            return real(mean, m2, count, *args)
+            return real(mean, m2, count, aligned_logits, reference, *args)
+        args = (aligned_logits, reference, *args)
         scratch = [t.clone() for t in (mean, m2, count)]
         real(*scratch, *args)
         mean.copy_(scratch[0])  # mean is updated, M2 and count are not yet ...

@@ -11,13 +11,25 @@ first use of their names (transformers only with the Hugging Face integration)."
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-from .kernels import backends, check_tokens, debias_probs, debias_sample, set_backend, use_backend  # noqa: E402
+_KERNEL_NAMES = ("backends", "check_tokens", "debias_probs", "debias_sample", "set_backend", "use_backend")
+
+# The `tsdi` console script imports this package before it can parse a single argument, and registering the ops
+# means importing torch (2-5 s). So that `tsdi --help` and argument errors answer at once, when the running program
+# is that script and torch is not imported yet, the kernel names are served lazily like the others below; the
+# CLI imports what a command needs after its arguments are checked, and every module that calls torch.ops.tsdi
+# imports `.kernels` (which registers the ops) itself. Everywhere else `import tsdi_kernels` registers the ops.
+_CLI_LAZY = os.path.basename(sys.argv[0] if sys.argv else "") == "tsdi" and "torch" not in sys.modules
+if not _CLI_LAZY:
+    from .kernels import backends, check_tokens, debias_probs, debias_sample, set_backend, use_backend  # noqa: E402,F401
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {
+    **({name: ".kernels" for name in _KERNEL_NAMES} if _CLI_LAZY else {}),
     "BiasTable": ".pipeline.bias",
     "estimate_bias": ".pipeline.estimate",
     "TSDILogitsProcessor": ".integrations.hf",
@@ -25,9 +37,7 @@ _LAZY = {
     "generate": ".integrations.hf",
 }
 
-__all__ = [
-    "__version__", "backends", "set_backend", "use_backend", "debias_sample", "debias_probs", "check_tokens", *_LAZY,
-]
+__all__ = ["__version__", *_KERNEL_NAMES, *(name for name in _LAZY if name not in _KERNEL_NAMES)]
 
 
 def __getattr__(name: str):

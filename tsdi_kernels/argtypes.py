@@ -1,10 +1,11 @@
 """argparse types shared by the `tsdi` subcommands: each rejects a bad value with one line naming the problem
-(argparse adds the option's name)."""
+(argparse adds the option's name). No torch here: `tsdi --help` and argument errors must not pay for it."""
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 from typing import Optional
 
 
@@ -90,3 +91,18 @@ def number_list(text: str) -> list[float]:
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected one or more finite non-negative numbers, got {text!r}")
     return values
+
+
+SUPPORTED_DEVICES = ("cpu", "cuda")  # the device types the tsdi ops are registered for
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:N (checked without torch; whether CUDA and device N exist is checked when the command
+    runs)."""
+    value = text.strip()
+    match = re.fullmatch(r"([A-Za-z_]+)(?::(\d+))?", value)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}")
+    if match.group(1) not in SUPPORTED_DEVICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not supported: use cpu, cuda or cuda:N")
+    return value

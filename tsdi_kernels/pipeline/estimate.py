@@ -12,6 +12,11 @@ uninterrupted run applies, in the same order: the same table, bitwise. A checkpo
 used (read_checkpoint): batches_done must be an integer in [0, number of batches] and every count must be the
 number of prompts in those batches. On Ctrl-C the batches done are read from the count, which is committed with
 mean and M2 (the last batch may be partial), and a batch interrupted inside its update is rolled back first.
+
+Alongside the bias, the aligned model's mean log-probabilities over the same prompts are accumulated (a second
+logit_mean_update with reference=None) and saved as the table's optional `aligned_logprob`, so that inspection can
+rank tokens by the probability debiasing moves (bias.py). Checkpoints carry it; a checkpoint written without it
+resumes into a table without it.
 """
 from __future__ import annotations
 
@@ -182,9 +187,12 @@ def check_checkpoint_settings(path: str, header: dict, config: dict, keys=None) 
                              f"{key}={config.get(key)!r}; use another checkpoint path or the same settings")
 
 
-def load_checkpoint(path: str, table: BiasTable, config: dict) -> int:
+def load_checkpoint(path: str, table: BiasTable, config: dict, aligned: Optional[BiasTable] = None) -> int:
     """Load running statistics into `table`; returns the number of batches done. ValueError if the checkpoint is
-    invalid (read_checkpoint) or was written by a run with another configuration (seed, batch size, pool, ...)."""
+    invalid (read_checkpoint) or was written by a run with another configuration (seed, batch size, pool, ...).
+    `aligned`: the accumulator of the aligned model's mean log-probabilities; its mean and count are loaded from
+    the checkpoint's `aligned_logprob` (its M2 is never used). Returns -done - 1 when `aligned` was given but the
+    checkpoint has no `aligned_logprob` (written by an older version): the caller stops tracking it."""
     saved, done = read_checkpoint(path, device=table.mean.device)
     check_checkpoint_settings(path, saved.metadata, config)
     if saved.mean.shape != table.mean.shape:
@@ -192,6 +200,11 @@ def load_checkpoint(path: str, table: BiasTable, config: dict) -> int:
                          f"{list(table.mean.shape)}")
     for name in ("mean", "m2", "count"):
         getattr(table, name).copy_(getattr(saved, name))
+    if aligned is not None:
+        if saved.aligned_logprob is None:
+            return -done - 1
+        aligned.mean.copy_(saved.aligned_logprob)
+        aligned.count.copy_(saved.count)
     return done
 
 
@@ -259,15 +272,32 @@ def estimate_bias(
               "pool": describe_pool(pool), "prompt_tokens": [lo, hi], "normalize": bool(normalize), "vocab_size": vocab,
               "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "use_chat_template": bool(use_chat_template)}
     acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
+    # mean log_softmax(aligned) over the same prompts: the table's optional `aligned_logprob` (None: not tracked)
+    lp: Optional[BiasTable] = BiasTable.empty(length, vocab, normalize=True, device=device)
     num_batches = math.ceil(num_prompts / batch_size)
     start = 0
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = load_checkpoint(checkpoint, acc, config)
+        start = load_checkpoint(checkpoint, acc, config, aligned=lp)
+        if start < 0:  # an older checkpoint without aligned_logprob: the batches done cannot be recovered for it
+            start, lp = -start - 1, None
         if rank != 0:  # rank 0 carries the checkpoint's statistics; the others start empty and add their own
             acc = BiasTable.empty(length, vocab, normalize=normalize, device=device)
+            if lp is not None:
+                lp = BiasTable.empty(length, vocab, normalize=True, device=device)
 
     def batch_rows(i: int) -> int:
         return min(batch_size, num_prompts - i * batch_size)
+
+    def with_logprob(stats: BiasTable, aligned_stats: Optional[BiasTable]) -> BiasTable:
+        stats = stats.copy()
+        stats.aligned_logprob = None if aligned_stats is None else aligned_stats.mean.detach().clone()
+        return stats
+
+    def merged() -> BiasTable:
+        """The statistics of all ranks (a collective under torch.distributed), with aligned_logprob."""
+        if world == 1:
+            return with_logprob(acc, lp)
+        return with_logprob(merged_statistics(acc), None if lp is None else merged_statistics(lp))
 
     def save(batches_done: int, stats: BiasTable) -> None:
         if checkpoint is not None and rank == 0:
@@ -278,8 +308,8 @@ def estimate_bias(
     # The statistics before the batch being folded in: a backend whose update is several steps (Triton launches
     # mean/M2 and count separately) could be interrupted between them; the interrupt handler puts this back, so
     # a checkpoint never holds a half-applied batch. One copy of [L, V] per batch, small next to two forwards.
-    before = (acc.mean.clone(), acc.m2.clone(), acc.count.clone())
-    live = (acc.mean, acc.m2, acc.count)
+    live = (acc.mean, acc.m2, acc.count) + (() if lp is None else (lp.mean, lp.m2, lp.count))
+    before = tuple(x.clone() for x in live)
     consistent = True
     try:
         for r in range(rounds):
@@ -292,17 +322,22 @@ def estimate_bias(
                 torch._foreach_copy_(before, live)  # one call: cannot be half done
                 consistent = False
                 acc.update(a, ref)
+                if lp is not None:
+                    lp.update(a)  # log_softmax(aligned) alone
                 consistent = True
                 del a, ref
             done = min(start + (r + 1) * world, num_batches)
             if bar is not None:
-                bar.update(sum(batch_rows(j) for j in range(start + r * world, done)))
                 bar.set_postfix(max_stderr=f"{_max_stderr(acc):.4g}", refresh=False)
-            if (r + 1) % checkpoint_every == 0 and done < num_batches:
-                if world > 1:
-                    save(done, merged_statistics(acc))
+                rows = sum(batch_rows(j) for j in range(start + r * world, done))
+                if done < num_batches:
+                    bar.update(rows)
                 else:
-                    save(done, acc)
+                    # the last step is shown once, by close() (an update() here would print the final line a
+                    # second time, with the moving-average rate, in logs that keep every refresh)
+                    bar.n += rows
+            if (r + 1) % checkpoint_every == 0 and done < num_batches:
+                save(done, merged())
     except KeyboardInterrupt:
         # Single process only: a collective here could hang the other ranks; they keep the last periodic
         # checkpoint. The count is committed with mean and M2, so it says exactly which batches are in the
@@ -312,14 +347,13 @@ def estimate_bias(
         if world == 1 and checkpoint is not None:
             done = batches_of_rows(int(acc.count[0]), num_prompts, batch_size)
             if done is not None and bool((acc.count == acc.count[0]).all()):
-                save(done, acc)
+                save(done, merged())
         raise
     finally:
         if bar is not None:
             bar.close()
 
-    if world > 1:
-        acc = merged_statistics(acc)
+    acc = merged()
     save(num_batches, acc)
     metadata = {"aligned": model_name(aligned), "reference": model_name(reference),
                 **{k: v for k, v in config.items() if k != "use_chat_template"},
