@@ -53,7 +53,7 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
 
 def test_gpu_check_dry_run_lists_the_planned_cases():
     """benchmarks/gpu_check.py imports and parses its arguments without a GPU."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"), "--dry-run"],
                           capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
-"""GPU tests of the Triton kernels at real sizes (skipped without CUDA; benchmarks/gpu_check.py runs them).
+"""GPU tests of the Triton kernels at real sizes (skipped without CUDA; benchmarks/gpu_check.py runs them). The
+properties at small sizes run on CUDA too, through the `triton` kernel and the `cuda` op backend of the other files.
 
 Tiers as in DESIGN.md section 5: (1) the same tokens as the reference for the same seeds and every token inside
 the reference's kept set, (2) frequencies of many draws against the exact probabilities, at V = 128256 / 151936,
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import tsdi_kernels  # noqa: F401  (registers torch.ops.tsdi)
-from tsdi_kernels.kernels import status
+from kernel_testing import assert_untouched_on_error, assert_update_deterministic
 from tsdi_kernels.kernels.accumulate import reference as acc_reference
 from tsdi_kernels.kernels.sampling import reference
 
@@ -186,15 +187,9 @@ def test_accumulator_at_real_sizes(dtype, vocab):
     # deterministic: bitwise the same result again; untouched (and an error) on a non-finite counted row
     again = [torch.randn(length, vocab, device=CUDA), torch.rand(length, vocab, device=CUDA),
              torch.randint(0, 5, (length,), device=CUDA)]
-    runs = []
-    for _ in range(2):
-        s = [t.clone() for t in again]
-        torch.ops.tsdi.logit_mean_update(*s, aligned, ref, mask, True)
-        runs.append(s)
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    update = lambda s, *inputs: torch.ops.tsdi.logit_mean_update(*s, *inputs, True)  # noqa: E731
+    assert_update_deterministic(update, again, aligned, ref, mask)
     mask[3, 2] = True
     aligned[3, 2, 77] = float("nan")
-    before = [t.clone() for t in again]
-    with pytest.raises(ValueError, match="batch row 3, position 2"):
-        torch.ops.tsdi.logit_mean_update(*again, aligned, ref, mask, True)
-    assert all(torch.equal(a, b) for a, b in zip(again, before))
+    err = assert_untouched_on_error(update, again, aligned, ref, mask)
+    assert isinstance(err, ValueError) and "batch row 3, position 2" in str(err), err
