@@ -5,17 +5,14 @@ import os
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import single_thread, tiny_tokenizer
+from tiny_models import tiny_tokenizer
 
 import tsdi_kernels
 from tsdi_kernels import BiasTable
 from tsdi_kernels.pipeline.bias import FORMAT_VERSION, tokenizer_fingerprint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

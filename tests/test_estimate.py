@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import single_thread, tiny_llama, tiny_pair, tiny_tokenizer
+from tiny_models import tiny_llama, tiny_pair, tiny_tokenizer
 
 import tsdi_kernels
 from tsdi_kernels import BiasTable, estimate_bias
@@ -24,10 +24,7 @@ from tsdi_kernels.pipeline.prompts import PromptTemplate, prompt_batch, token_po
 L = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

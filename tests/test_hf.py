@@ -4,7 +4,7 @@ Greedy: token for token. Sampling: the fused op's exact distribution (debias_pro
 processor + warpers + softmax at every step (atol 1e-6)."""
 import pytest
 import torch
-from tiny_models import single_thread, tiny_llama, tiny_tokenizer
+from tiny_models import tiny_llama, tiny_tokenizer
 from transformers import (LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper)
 from transformers.generation.streamers import BaseStreamer
@@ -16,10 +16,7 @@ from tsdi_kernels.integrations import hf as hf_mod
 L = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from kernel_testing import single_thread  # noqa: F401  (one intra-op thread; tests/conftest.py puts tests/kernels on the path)
+
 SPECIAL = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -113,16 +115,3 @@ def tiny_pair(length: int = 4, *, seed: int = 0):
     bias = known_bias(length, len(tok))
     aligned = BiasedLM(ref, bias, tok.convert_tokens_to_ids("<|assistant|>"))
     return tok, ref, aligned, bias
-
-
-class single_thread:
-    """Context manager: one intra-op thread. The tiny models' matmuls are microseconds of work; on a shared
-    2-core machine, thread hand-off dominates them (measured 50x slower forwards with 2 threads under load)."""
-
-    def __enter__(self):
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.threads)
