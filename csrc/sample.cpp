@@ -36,7 +36,7 @@ constexpr int64_t kCapTopK = 128;
 // takes a bounded second pass: every token above the mass cutoff below (provably enough), selected by mass
 // (select_by_mass: only the nucleus is sorted); and if even
 // that fails on rounding, the exact path sorts every finite token.
-constexpr int64_t kCapTopP = 1024;
+constexpr int64_t kCapTopP = 512;
 // The candidates' mass must exceed top_p by this much before tokens outside them are known to be dropped; it
 // covers the rounding differences between our sums and torch.softmax / torch.cumsum.
 constexpr double kMassMargin = 1e-5;
@@ -357,15 +357,27 @@ int64_t argmax_row(const RowPlan& rp, int64_t vocab) {
 template <typename T>
 std::vector<Cand> all_tokens(const RowPlan& rp, int64_t vocab, bool zero_row, float zmin, bool sorted = true) {
   std::vector<Cand> c;
-  c.reserve(vocab);
   const T* x = static_cast<const T*>(rp.x);
-  for (int64_t v = 0; v < vocab; ++v) {
-    float z = 0.f;
-    if (!zero_row) {
-      const float d = rp.bias ? static_cast<float>(x[v]) - rp.strength * rp.bias[v] : static_cast<float>(x[v]);
-      z = d / rp.temp;
+  if (zero_row) {
+    c.reserve(vocab);
+    for (int64_t v = 0; v < vocab; ++v) c.push_back({0.f, static_cast<int32_t>(v)});
+  } else {
+    // vectorised: z = (x - strength * bias) / T as the scan computes it; only lanes >= zmin are pushed (a flat
+    // row's second pass keeps a fraction of the vocabulary, so the scalar work is that fraction only)
+    const Vec vs(rp.strength), vt(rp.temp), vmin(std::max(zmin, kLowest));
+    __at_align__ float zb[kW];
+    for (int64_t v = 0; v < vocab; v += kW) {
+      const int64_t n = std::min<int64_t>(kW, vocab - v);
+      Vec xv = n == kW ? load_vec(x + v) : load_partial(x + v, n, -kInf);
+      if (rp.bias) xv = xv - vs * (n == kW ? Vec::loadu(rp.bias + v) : load_partial(rp.bias + v, n, 0.f));
+      const Vec z = xv / vt;
+      const int bits = movemask(z >= vmin);  // excludes NaN and -inf (vmin >= lowest finite float)
+      if (!bits) continue;
+      z.store(zb);
+      for (int l = 0; l < kW; ++l) {
+        if ((bits >> l) & 1) c.push_back({zb[l], static_cast<int32_t>(v + l)});
+      }
     }
-    if (z > -kInf && z >= zmin) c.push_back({z, static_cast<int32_t>(v)});
   }
   if (sorted) std::sort(c.begin(), c.end(), hf_before);
   return c;
