@@ -10,9 +10,10 @@ Three layers, each importing only those below it (docs/architecture.md):
 first use of their names (transformers only with the Hugging Face integration)."""
 from __future__ import annotations
 
-import importlib
 import os
 import sys
+
+from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -40,12 +41,7 @@ _LAZY = {
 __all__ = ["__version__", *_KERNEL_NAMES, *(name for name in _LAZY if name not in _KERNEL_NAMES)]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__():

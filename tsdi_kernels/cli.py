@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_generate(sub)
     _add_demo(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -154,6 +155,17 @@ def _add_generate(sub) -> None:
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     _add_model_options(p)
     p.set_defaults(run=_run_generate)
+
+
+def _add_eval(sub) -> None:
+    from .evaluation import cli as eval_cli
+
+    p = sub.add_parser("eval", help="choose the strength: sweep with 95%% intervals, Pareto plot, recommendation",
+                       description="Evaluate reference, aligned and aligned + TSDI over strengths on prompt sets "
+                                   "labelled harmful / benign; rates with Wilson intervals, a Pareto plot and a "
+                                   "recommended strength (tsdi_kernels/evaluation/).")
+    eval_cli.add_arguments(p)
+    p.set_defaults(run=eval_cli.run)
 
 
 def _add_demo(sub) -> None:

