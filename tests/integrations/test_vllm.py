@@ -10,8 +10,8 @@ Two parts:
 
 Tolerance: none. Both engines compute float32 logits with different attention kernels, so their logits differ in
 the last bits, and a greedy token could flip where the top two candidates are within rounding of each other. On
-these 48 prompts x 24 tokens at strengths 0, 0.5 and 1 that does not happen (checked when this test was written,
-and in DESIGN.md 4b), so the test demands identical first tokens and identical sequences: a real off-by-one in
+these 48 prompts x 24 tokens at strengths 0, 0.5 and 1 that does not happen (checked when this test was written),
+so the test demands identical first tokens and identical sequences: a real off-by-one in
 the answer position or a swapped batch slot changes tokens, and would hide behind any tolerance on sequences.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """tsdi::debias_probs, the exact distribution debias_sample draws from: through torch.ops on every op backend
-against Hugging Face's own warpers (fp32 atol 1e-6, DESIGN.md section 5 tier 1), and each kernel that has it (the
+against Hugging Face's own warpers (fp32 atol 1e-6: tier 1 of exact distribution, support, frequencies), and each kernel that has it (the
 C++ kernels; the Triton path serves it from the reference) against the reference, status codes included."""
 import contextlib
 

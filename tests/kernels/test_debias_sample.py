@@ -1,7 +1,7 @@
 """tsdi::debias_sample: every kernel's tokens against the reference's for the same seeds (exact; Triton up to float
 rounding between two candidates) and inside the kept set, status codes, determinism and batch invariance, the
 bias rows; through torch.ops on every op backend: greedy ties, -inf, noise keyed by (seed, position), and the
-frequencies of many draws against the exact probabilities (DESIGN.md section 5, tiers 2 and 3)."""
+frequencies of many draws against the exact probabilities (tiers 2 and 3: support, frequencies)."""
 import pytest
 import torch
 
@@ -147,7 +147,7 @@ def test_op_matches_reference(op_backend):
     batch = kinds_batch(16, 1000, bias_rows=L_BIAS)
     got = torch.ops.tsdi.debias_sample(*op_backend.to(*batch.sample_args())).cpu()
     mismatches = int((got != REFERENCE.sample(batch)).sum())
-    # CUDA (Triton): identical up to float rounding between two candidates (DESIGN.md section 3), so one row
+    # CUDA (Triton): identical up to float rounding between two candidates (README, op semantics), so one row
     assert mismatches <= (0 if op_backend.device == "cpu" else 1), (op_backend.name, mismatches)
 
 

@@ -1,8 +1,7 @@
 """GPU tests of the Triton kernels at real sizes (skipped without CUDA; benchmarks/gpu_check.py runs them). The
 properties at small sizes run on CUDA too, through the `triton` kernel and the `cuda` op backend of the other files.
 
-Tiers as in DESIGN.md section 5: (1) the same tokens as the reference for the same seeds and every token inside
-the reference's kept set, (2) frequencies of many draws against the exact probabilities, at V = 128256 / 151936,
+Tiers: (1) the same tokens as the reference for the same seeds and every token inside the reference's kept set, (2) frequencies of many draws against the exact probabilities, at V = 128256 / 151936,
 B = 1 .. 256, bf16 and fp32; then CUDA-graph capture of a decode-like step replayed with new seeds and
 positions, torch.compile(fullgraph=True) over both ops, CPU/GPU agreement, and the accumulator."""
 import pytest
