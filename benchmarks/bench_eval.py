@@ -15,23 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+if __package__:  # python -m benchmarks.<name>
+    from .machine import cpu_name
+else:  # python benchmarks/<name>.py: this folder is sys.path[0]
+    from machine import cpu_name
 
 
 class LoadSampler(threading.Thread):
@@ -105,7 +98,7 @@ def main(argv=None) -> int:
         "cpu_share": round(cpu / wall, 2),
         "load_average": {"before": [round(x, 2) for x in load_before], "mean_during": round(sum(samples) / len(samples), 2),
                          "max_during": round(max(samples), 2), "samples": len(sampler.samples)},
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -21,25 +21,18 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+if __package__:  # python -m benchmarks.<name>
+    from .machine import cpu_name
+else:  # python benchmarks/<name>.py: this folder is sys.path[0]
+    from machine import cpu_name
+
 FQCN = "tsdi_kernels.integrations.vllm:TSDILogitsProcessor"
 SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare(args, work: Path):

@@ -12,20 +12,10 @@ acceptable multiple) and whether it is met.
 Run with ``--benchmark-enable`` (pyproject's addopts disable benchmarks for the test suite).
 """
 import os
-import platform
 
 import torch
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.machine import cpu_name
 
 
 def _median_s(bench) -> float:
@@ -48,7 +38,7 @@ def pytest_sessionstart(session):
 
 def _write_machine(tr, groups) -> None:
     threads = sorted({str(b.extra_info.get("threads", "?")) for m in groups.values() for b in m})
-    tr.write_line(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    tr.write_line(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                   f"torch threads during the benchmarks: {', '.join(threads)}")
     tr.write_line(f"load average (1, 5, 15 min): {_LOAD_AT_START.get('load', '?')} at the start, {_load()} at the end")
 

@@ -438,24 +438,20 @@ def format_table(rows, copy_gbs, launch, baseline_names):
     legend = ("[G] median over CUDA-graph replays (device time); [E] CUDA events around eager calls (may include "
               "host work); [W] wall clock (CPU). x = baseline time / ours (> 1: ours faster). "
               f"floor = bytes / copy bandwidth ({copy_gbs:.0f} GB/s) + one launch ({launch:.1f} us).")
-    if sample:
-        lines.append("debias_sample (bf16 logits; bytes = logits + DISTINCT bias rows)")
-        head = (f"{'config':9s} {'B':>4s} {'V':>6s} {'tsdi us':>11s} {'eager':>7s} {'floor':>7s} {'/floor':>6s} "
+    tables = (("debias_sample", sample, "config", "debias_sample (bf16 logits; bytes = logits + DISTINCT bias rows)"),
+              ("logit_mean_update", acc, "",
+               "logit_mean_update (bf16 inputs, L = 4; the references read a host flag: events only)"))
+    for op, op_rows, first, title in tables:
+        if not op_rows:
+            continue
+        lines.append(title)
+        head = (f"{first:9s} {'B':>4s} {'V':>6s} {'tsdi us':>11s} {'eager':>7s} {'floor':>7s} {'/floor':>6s} "
                 f"{'GB/s':>6s} {'%copy':>5s}")
-        for name in baseline_names["debias_sample"]:
+        for name in baseline_names[op]:
             head += f" | {name + ' us':>14s} {'x':>6s}"
         lines.append(head)
-        for r in sorted(sample, key=key):
-            lines.append(_row_line(r, baseline_names["debias_sample"]))
-    if acc:
-        lines.append("logit_mean_update (bf16 inputs, L = 4; the references read a host flag: events only)")
-        head = (f"{'':9s} {'B':>4s} {'V':>6s} {'tsdi us':>11s} {'eager':>7s} {'floor':>7s} {'/floor':>6s} "
-                f"{'GB/s':>6s} {'%copy':>5s}")
-        for name in baseline_names["logit_mean_update"]:
-            head += f" | {name + ' us':>14s} {'x':>6s}"
-        lines.append(head)
-        for r in sorted(acc, key=key):
-            lines.append(_row_line(r, baseline_names["logit_mean_update"]))
+        for r in sorted(op_rows, key=key):
+            lines.append(_row_line(r, baseline_names[op]))
     lines.append(legend)
     return lines
 

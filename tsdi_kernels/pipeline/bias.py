@@ -31,14 +31,13 @@ import hashlib
 import json
 import math
 import os
-import stat
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .. import kernels  # noqa: F401  (defines torch.ops.tsdi.logit_mean_update)
-from .files import atomic_write
+from .files import atomic_write, check_readable_file
 
 
 def sample_variance(m2: Tensor, count: Tensor) -> Tensor:
@@ -380,23 +379,6 @@ def _decode_metadata(path: str, header: dict) -> dict:
     if version != FORMAT_VERSION:
         raise ValueError(f"{path!r} has bias-table format_version {version!r}; this package reads {FORMAT_VERSION}")
     return meta
-
-
-def check_readable_file(path: str, what: str) -> None:
-    """FileNotFoundError / IsADirectoryError / ValueError naming `what` unless `path` is a regular file (never
-    opens it: a FIFO would block)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
-    except NotADirectoryError:
-        raise FileNotFoundError(f"{what} {path!r} does not exist (a part of the path is not a folder)") from None
-    except OSError as exc:
-        raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{what} {path!r} is a directory, not a file")
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{what} {path!r} is not a regular file")
 
 
 # Types of the metadata fields this package reads back (others are descriptive and kept as they are).

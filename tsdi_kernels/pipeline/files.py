@@ -140,3 +140,20 @@ def _fsync_folder(folder: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def check_readable_file(path: str, what: str) -> None:
+    """FileNotFoundError / IsADirectoryError / ValueError naming `what` unless `path` is a regular file (never
+    opens it: a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist (a part of the path is not a folder)") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{what} {path!r} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {path!r} is not a regular file")
