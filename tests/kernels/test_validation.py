@@ -114,3 +114,10 @@ def test_api_bad_scalars():
         tsdi_kernels.debias_sample(torch.randn(10))
     with pytest.raises(ValueError, match="`length`"):
         tsdi_kernels.BiasTable.empty(0, 10)
+    # integer parameters beyond int64 name the argument instead of failing inside torch.full
+    with pytest.raises(ValueError, match="`seed` must fit in int64"):
+        tsdi_kernels.debias_sample(x, seed=2**64)
+    with pytest.raises(ValueError, match="`positions` must fit in int64"):
+        tsdi_kernels.debias_sample(x, positions=-(2**63) - 1)
+    with pytest.raises(ValueError, match="`seed` must be a number or a tensor"):
+        tsdi_kernels.debias_sample(x, seed=True)
