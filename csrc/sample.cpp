@@ -55,6 +55,9 @@ inline float mass_cutoff_gap(float p, int64_t vocab) {
 #if !defined(TSDI_ERR_NAN) || !defined(TSDI_ERR_NO_FINITE) || !defined(TSDI_ERR_TOP_P)
 #error "build with setup.py: it defines TSDI_ERR_* from tsdi_kernels/kernels/status.py"
 #endif
+// Top-p keeps a token iff the mass above it is < p * kTopPScale (tsdi_kernels/kernels/semantics.py: a mass equal
+// to p drops the token whatever the rounding of exp and of the sums; 1 - 2**-18, exact in float).
+constexpr float kTopPScale = TSDI_TOP_P_SCALE;
 constexpr int64_t ERR_NAN = TSDI_ERR_NAN;
 constexpr int64_t ERR_NO_FINITE = TSDI_ERR_NO_FINITE;
 constexpr int64_t ERR_POSITION = TSDI_ERR_POSITION;
@@ -270,7 +273,8 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
     }
   }
   std::vector<char> keep(end, 1);
-  if (p < 1.f) {  // TopPLogitsWarper: keep iff the mass ranked strictly above is < p; the top token always
+  // TopPLogitsWarper: keep iff the mass ranked strictly above is < p * kTopPScale; the top token always.
+  if (p < 1.f) {
     float s = s_all;
     if (k > 0) {
       double acc = 0.0;
@@ -279,11 +283,12 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
     }
     double cum = 0.0;  // torch.cumsum accumulates float32 in double on CPU
     const float inv_s = 1.f / s;  // torch.softmax multiplies by the reciprocal of the sum
+    const float p_cut = p * kTopPScale;
     for (int64_t i = 0; i < end; ++i) {
       const float pr = sexp(c[i].z - top) * inv_s;
       cum += pr;
       const float above = static_cast<float>(cum) - pr;
-      keep[i] = i == 0 || above < p;
+      keep[i] = i == 0 || above < p_cut;
     }
     if (k == 0 && !complete && cum < static_cast<double>(p) + kMassMargin) return false;
   }

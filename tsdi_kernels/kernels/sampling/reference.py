@@ -11,8 +11,9 @@ Sampling semantics (Hugging Face, exactly):
     T == 0      -> argmax of the debiased logits, ties to the lowest index (top-k / top-p do not apply)
     top_k = k>0 -> TopKLogitsWarper: keep z >= (k-th largest z); ties with the k-th value are kept
     top_p = p<1 -> TopPLogitsWarper on what top-k kept: keep a token iff the probability mass ranked strictly
-                   above it is < p (the top token always kept). Rank = z descending; equal z are ranked by
-                   index descending, which is the order HF's ascending stable torch.sort produces.
+                   above it is < p * TOP_P_SCALE (the top token always kept; semantics.py: a mass equal to p
+                   drops the token on every backend, as HF's rule does in exact arithmetic). Rank = z
+                   descending; equal z are ranked by index descending (HF's ascending stable torch.sort).
     draw        -> Gumbel-max over the kept set: argmax_v z_v + g_v, g_v = -log(-log(u_v)),
                    u_v = philox_uniform(seed[b], positions[b], v). Exact in distribution; ties to lowest index.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..status import ERR_NAN, ERR_NO_FINITE, ERR_POSITION, ERR_TEMPERATURE, ERR_TOP_K, ERR_TOP_P
+from ..semantics import TOP_P_SCALE
 from .philox import gumbel_noise
 
 
@@ -57,13 +59,14 @@ def _top_k_mask(z: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 
 
 def _top_p_mask(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """bool [B, V] of what TopPLogitsWarper keeps: mass ranked strictly above < p (p = 1 keeps everything)."""
+    """bool [B, V] of what TopPLogitsWarper keeps: mass ranked strictly above < p * TOP_P_SCALE (p = 1 keeps
+    everything)."""
     # Ascending stable sort, then flip: descending by value, equal values by index descending (HF's order).
     asc_vals, asc_idx = torch.sort(z, dim=1, stable=True)
     vals, idx = asc_vals.flip(1), asc_idx.flip(1)
     probs = torch.softmax(vals, dim=1)
     mass_above = torch.cumsum(probs, dim=1) - probs
-    keep_sorted = mass_above < top_p[:, None]
+    keep_sorted = mass_above < (top_p * TOP_P_SCALE)[:, None]  # float32 * float32 constant: one rounding
     keep_sorted[:, 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(1, idx, keep_sorted)
     return keep | (top_p >= 1.0)[:, None]

@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from .. import status as _status
+from ..semantics import TOP_P_SCALE as _TOP_P_SCALE
 from ..triton_launch import sm_count, split_vocab
 
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
@@ -72,6 +73,11 @@ ERR_POSITION = tl.constexpr(_status.ERR_POSITION)
 ERR_TEMPERATURE = tl.constexpr(_status.ERR_TEMPERATURE)
 ERR_TOP_K = tl.constexpr(_status.ERR_TOP_K)
 ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
+# top-p keeps a token iff the mass above it is < top_p * TOP_P_SCALE (semantics.py: ties at top_p drop the token)
+TOP_P_SCALE = tl.constexpr(_TOP_P_SCALE)
+# Per-split partials: 4 floats (max, sum of exp, greedy value, unfiltered value) and PART_I int64 slots (greedy
+# index, unfiltered index, candidate count, flags, cutoff key of the candidate buffer; padded to a power of two).
+PART_I = tl.constexpr(8)
 # Top-k rows with k <= TOP_J (the serving case, e.g. k = 50): every split ends with its candidates sorted, and
 # kernel 2 gathers the row's top-k from the splits' first TOP_J keys in ONE merge (see _finish_kernel).
 # TOP_J = min(64, KEEP / 2): a sorted split keeps KEEP / 2 keys.
@@ -254,14 +260,17 @@ def _stream_kernel(
     g_val = tl.max(v_gval, axis=0)
     g_idx = tl.min(tl.where(v_gval == g_val, v_gidx, 2147483647), axis=0).to(tl.int64)
     i_part = (i_b * n_split + i_s) * 4
+    i_part_i = (i_b * n_split + i_s) * PART_I
     tl.store(part_f_ptr + i_part + 0, m_run)
     tl.store(part_f_ptr + i_part + 1, z_run)
     tl.store(part_f_ptr + i_part + 2, g_val)
     tl.store(part_f_ptr + i_part + 3, u_val)
-    tl.store(part_i_ptr + i_part + 0, g_idx)
-    tl.store(part_i_ptr + i_part + 1, u_idx)
-    tl.store(part_i_ptr + i_part + 2, count.to(tl.int64))
-    tl.store(part_i_ptr + i_part + 3, flags.to(tl.int64))
+    tl.store(part_i_ptr + i_part_i + 0, g_idx)
+    tl.store(part_i_ptr + i_part_i + 1, u_idx)
+    tl.store(part_i_ptr + i_part_i + 2, count.to(tl.int64))
+    tl.store(part_i_ptr + i_part_i + 3, flags.to(tl.int64))
+    # the buffer holds every token of the split with key >= cutoff (INT64_MIN: never cut, every near token)
+    tl.store(part_i_ptr + i_part_i + 4, cutoff)
 
 
 @triton.jit
@@ -283,14 +292,16 @@ def _finish_kernel(
     o_s = tl.arange(0, MAX_SPLITS)
     m_s_ok = o_s < n_split
     o_part = (i_b * n_split + o_s) * 4
+    o_part_i = (i_b * n_split + o_s) * PART_I
     v_m = tl.load(part_f_ptr + o_part + 0, mask=m_s_ok, other=float("-inf"))
     v_z = tl.load(part_f_ptr + o_part + 1, mask=m_s_ok, other=0.0)
     v_gv = tl.load(part_f_ptr + o_part + 2, mask=m_s_ok, other=float("-inf"))
     v_uv = tl.load(part_f_ptr + o_part + 3, mask=m_s_ok, other=float("-inf"))
-    v_gi = tl.load(part_i_ptr + o_part + 0, mask=m_s_ok, other=INT64_MAX)
-    v_ui = tl.load(part_i_ptr + o_part + 1, mask=m_s_ok, other=INT64_MAX)
-    v_n = tl.load(part_i_ptr + o_part + 2, mask=m_s_ok, other=0)
-    v_flags = tl.load(part_i_ptr + o_part + 3, mask=m_s_ok, other=0)
+    v_gi = tl.load(part_i_ptr + o_part_i + 0, mask=m_s_ok, other=INT64_MAX)
+    v_ui = tl.load(part_i_ptr + o_part_i + 1, mask=m_s_ok, other=INT64_MAX)
+    v_n = tl.load(part_i_ptr + o_part_i + 2, mask=m_s_ok, other=0)
+    v_flags = tl.load(part_i_ptr + o_part_i + 3, mask=m_s_ok, other=0)
+    v_cut = tl.load(part_i_ptr + o_part_i + 4, mask=m_s_ok, other=INT64_MIN)
     m_run = tl.max(v_m, axis=0)
     z_run = tl.sum(tl.where(v_m > float("-inf"), v_z * tl.exp(v_m - m_run), 0.0), axis=0)
     g_val = tl.max(v_gv, axis=0)
@@ -303,6 +314,9 @@ def _finish_kernel(
     thr = m_run - _near_span(top_k, top_p, vocab)
     m_near_s = m_s_ok & (v_n > 0) & (v_m >= thr)
     flags = flags | tl.max(tl.where(m_near_s, v_flags & FLAG_CUT, 0), axis=0)
+    # The merged candidates are a prefix of the row's ranking only down to the highest cutoff of a cut split:
+    # below it, a cut split may have dropped tokens that other splits' candidates rank under.
+    cut_key = tl.max(tl.where(m_near_s, v_cut, INT64_MIN), axis=0)
     c_near = tl.cumsum(m_near_s.to(tl.int32), axis=0)
     b_cand = tl.full((KEEP,), INT64_MIN, tl.int64)
     n_near = tl.sum(m_near_s.to(tl.int32), axis=0)
@@ -336,7 +350,7 @@ def _finish_kernel(
             for s0 in range(0, MAX_SPLITS, 8):
                 o_s8 = s0 + tl.arange(0, 8)
                 m_c8 = (o_s8[:, None] < n_split) & (o_j[None, :] < tl.load(
-                    part_i_ptr + (i_b * n_split + o_s8) * 4 + 2, mask=o_s8 < n_split, other=0)[:, None])
+                    part_i_ptr + (i_b * n_split + o_s8) * PART_I + 2, mask=o_s8 < n_split, other=0)[:, None])
                 c_key = tl.load(cand_ptr + (i_b * n_split + o_s8[:, None]) * SLOTS + o_j[None, :], mask=m_c8,
                                 other=INT64_MIN)
                 f_sel = tl.reshape(m_c8 & ((c_key >> 32) >= lo), (8 * TOP_J,))
@@ -364,8 +378,11 @@ def _finish_kernel(
     tl.store(stats_ptr + i_b * 3 + 2, n_near.to(tl.float32))  # merges (candidate sorts) of this row, for reports
 
     # the exact HF rule on the candidate prefix (sorted by s descending, equal s by index descending)
-    complete = (flags & FLAG_CUT) == 0
-    m_c = b_cand != INT64_MIN
+    # complete: the buffer holds every near token of the row: no split cut its buffer and the merges, which keep
+    # the top KEEP of the union, dropped none (sum of the near splits' counts, an upper bound, <= KEEP)
+    n_union = tl.sum(tl.where(m_near_s, v_n, 0), axis=0)
+    complete = ((flags & FLAG_CUT) == 0) & (n_union <= KEEP)
+    m_c = (b_cand != INT64_MIN) & (gathered | (b_cand >= cut_key))
     n_c = tl.sum(m_c.to(tl.int32), axis=0)
     b_s = tl.where(m_c, _key_to_float((b_cand >> 32).to(tl.int32)), float("-inf"))
     b_idx = b_cand & 0xFFFFFFFF
@@ -377,7 +394,7 @@ def _finish_kernel(
     z_k = tl.where(use_k, tl.sum(b_e, axis=0), z_run)
     b_prob = b_e / z_k
     b_cum = tl.cumsum(b_prob, axis=0)
-    p_eff = tl.where(top_p >= 1.0, float("inf"), top_p)  # p = 1 keeps every survivor
+    p_eff = tl.where(top_p >= 1.0, float("inf"), top_p * TOP_P_SCALE)  # p = 1 keeps every survivor
     m_keep = m_surv & (((b_cum - b_prob) < p_eff) | (o_keep == 0))
     p_ok = complete | use_k | (top_p >= 1.0) | (tl.sum(b_prob, axis=0) >= top_p)
     b_g = tl.where(m_keep, b_s + _gumbel(seed, position, b_idx), float("-inf"))
@@ -448,10 +465,10 @@ def _fallback_kernel(
                 m_surv = m_v & (_order_key(b_s).to(tl.int64) >= kth_key)
                 b_acc += tl.where(m_surv, tl.exp(b_s - m_run), 0.0)
             z_k = tl.sum(b_acc, axis=0)
-        # top-p: the largest packed key x with mass(packed >= x) >= p * Z_k is the last kept token
+        # top-p: the largest packed key x with mass(packed >= x) >= p * TOP_P_SCALE * Z_k is the last kept token
         x_keep = tl.zeros((), tl.uint64)
         if top_p < 1.0:
-            target = top_p * z_k
+            target = (top_p * TOP_P_SCALE) * z_k
             for i_pass in range(16):
                 shift = (tl.full((), 60, tl.int64) - 4 * i_pass).to(tl.uint64)
                 b_probe = x_keep + (o_j.to(tl.uint64) << shift)
@@ -528,7 +545,7 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     bias_arg = bias if has_bias else logits
     n_bias_rows = bias.shape[0] if has_bias else 0
     part_f = torch.empty(batch * splits * 4, dtype=torch.float32, device=device)
-    part_i = torch.empty(batch * splits * 4, dtype=torch.int64, device=device)
+    part_i = torch.empty(batch * splits * PART_I.value, dtype=torch.int64, device=device)
     cand = torch.empty(batch * splits * (keep + block), dtype=torch.int64, device=device)
     gather = torch.empty(batch * keep, dtype=torch.int64, device=device)
     stats = torch.empty(batch * 3, dtype=torch.float32, device=device)
