@@ -88,7 +88,7 @@ def test_format_table_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], [0.5, 1.0, 1.5]),
+    ([], [0.5, 0.75, 1.0, 1.5]),
     (["--strengths", "0.5", "1", "2"], [0.5, 1.0, 2.0]),
     (["--strengths", "0.5,1"], [0.5, 1.0]),
     (["--strengths", "0.25,0.5", "3"], [0.25, 0.5, 3.0]),

@@ -11,7 +11,7 @@
    write bias.safetensors, results.json and trade-off.png to the output folder.
 
     tsdi demo --out out/demo
-    python -m tsdi_kernels.demo --num-prompts 64 --length 8 --strengths 0.5,1,1.5
+    python -m tsdi_kernels.demo --num-prompts 64 --length 8 --strengths 0.5,0.75,1,1.5
     tsdi generate --model out/demo/models/aligned --bias out/demo/bias.safetensors --prompt "..."   (afterwards)
 
 Importing this module does not import torch (`tsdi --help` builds the demo's options from it): torch and the
@@ -33,7 +33,10 @@ from .refusal import refusal_reason
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
 SPLITS = ("harmless", "harmful")
-DEFAULT_STRENGTHS = (0.5, 1.0, 1.5)
+# 0.75 is the strength `tsdi eval` recommends for the embedded pair (README, "How to choose the strength"); the
+# others show the front on either side of it.
+DEFAULT_STRENGTHS = (0.5, 0.75, 1.0, 1.5)
+RECOMMENDED_EMBEDDED = 0.75
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -58,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--length", "-L", type=positive_int, default=8, help="L: answer positions the bias covers (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="random prompts per estimation batch (default: %(default)s)")
     p.add_argument("--strengths", type=number_list, nargs="+", default=None, metavar="S",
-                   help="TSDI strengths to evaluate, space- or comma-separated (default: 0.5 1 1.5)")
+                   help="TSDI strengths to evaluate, space- or comma-separated (default: 0.5 0.75 1 1.5)")
     p.add_argument("--max-new-tokens", type=positive_int, default=24,
                    help="answer tokens generated per prompt (refusals show in the first tokens) (default: %(default)s)")
     p.add_argument("--gen-batch-size", type=positive_int, default=40, help="prompts generated together (default: %(default)s)")
@@ -387,6 +390,10 @@ def demo(aligned, reference, tokenizer, args, *, log=print) -> list[ConfigResult
 
     log("[3/3] results")
     log(format_table(results, counts))
+    if args.model is None and args.adapter is None:
+        log(f"strength to use on this pair: {RECOMMENDED_EMBEDDED:g}, recommended by `tsdi eval` on 150 + 150 "
+            "prompts (harmful refusal within 5 points of the aligned model's on its validation split); these "
+            f"{counts['harmless']} + {counts['harmful']} prompts are too few to choose by (run `tsdi eval`)")
     info = {
         "command": " ".join(sys.argv),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
