@@ -3,8 +3,9 @@
 Runs the real kernels (the Triton interpreter on CPU tensors when there is no GPU: slow, about 2-3 s per row and
 configuration, but the counts are the kernel's own, reported by the launcher) on tests/data's 24 decode steps of
 SmolLM2-135M-Instruct (V = 49152) with the number of vocabulary splits plan() picks for B = 1, 8, 64, 256 on 132
-SMs, and prints per configuration: splits, merges per row (mean / max), rows solved by the fallback kernel, and
-whether the tokens equal the reference's.
+SMs, and prints per configuration: splits, merges per row (mean / max), candidate-buffer cuts per row (mean / max:
+cuts that dropped keys, summed over the row's splits, including a top-k split's final sort when it drops keys),
+rows solved by the fallback kernel, and whether the tokens equal the reference's.
 
     python benchmarks/sampler_merges.py [--rows 24]
 """
@@ -32,7 +33,8 @@ def main() -> None:
     logits = load_file(DATA)["logits"][: args.rows].to(device)
     rows, vocab = logits.shape
     print(f"{rows} real rows, V = {vocab}, T = 0.7, {'compiled (CUDA)' if device == 'cuda' else 'Triton interpreter'}")
-    print(f"{'batch B':>8} {'splits':>6} {'config':>9} {'merges mean':>11} {'max':>4} {'fallback':>8} {'tokens':>7}")
+    print(f"{'batch B':>8} {'splits':>6} {'config':>9} {'merges mean':>11} {'max':>4} {'cuts mean':>9} {'max':>4} "
+          f"{'fallback':>8} {'tokens':>7}")
     seen = set()
     for batch in (1, 8, 64, 256):
         splits = triton_impl.plan(batch, vocab, "cuda", 132)["splits"]
@@ -47,8 +49,9 @@ def main() -> None:
             tokens = triton_impl.debias_sample(*args_, block=512, keep=512, splits=splits, report=report)
             same = torch.equal(tokens.cpu(), reference.debias_sample(*(a.cpu() if torch.is_tensor(a) else a
                                                                          for a in args_)))
-            merges = report["merges"].float()
+            merges, cuts = report["merges"].float(), report["cuts"].float()
             print(f"{batch:>8} {splits:>6} {name:>9} {merges.mean().item():>11.2f} {int(merges.max()):>4} "
+                  f"{cuts.mean().item():>9.2f} {int(cuts.max()):>4} "
                   f"{int(report['fallback'].sum()):>8} {'equal' if same else 'DIFFER':>7}   ({time.time() - t0:.0f} s)",
                   flush=True)
 

@@ -1,5 +1,6 @@
 """Every Triton kernel and configuration compiles for sm_90 and sm_80 without a GPU (triton.compile with
-GPUTarget), with registers and spills recorded and no spills in the hot configurations.
+GPUTarget), with registers and spills recorded and no spills in the hot configurations, and the PTX analysis
+(barriers, hot-loop barriers, bytes per thread per load) plausible.
 
 The compile runs in a subprocess WITHOUT TRITON_INTERPRET: conftest.py sets it for this process, and the
 interpreter replaces @triton.jit functions, so nothing could be compiled here. The table is printed (pytest -s)
@@ -49,6 +50,32 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
               if r["hot"] and (r["spill_stores"] or r["spill_loads"])]
     assert not spills, spills
     assert codes == [0, 0], log
+    _assert_ptx_stats_plausible(rows)
+
+
+def _assert_ptx_stats_plausible(rows):
+    """ptx_stats.py on the same compiles: static barrier counts, and the streamed input's loads as wide
+    as the tile gives each thread (BLOCK * element bytes / threads, vectors of at most 16 bytes)."""
+    from tsdi_kernels.kernels.sampling import triton_impl as sample
+
+    cfg = sample.plan(64, 128256, "cuda")
+    elem = {"bf16": 2, "fp16": 2, "fp32": 4}
+    for r in rows:
+        assert {"barriers", "loop_barriers", "loop_barriers_min", "loop_barriers_max", "load_bytes",
+                "loop_loads"} <= set(r), r
+        assert r["load_bytes"] in {1, 2, 4, 8, 16}, r
+        if r["loop_barriers"] is not None:
+            assert r["loop_barriers"] <= r["barriers"], r
+        if r["loop_barriers_min"] is not None:
+            assert r["loop_barriers_min"] <= r["loop_barriers_max"] <= r["loop_barriers"], r
+    for kernel, block in (("sample._stream_kernel", cfg["block"]), ("sample._fallback_kernel", cfg["block_fallback"])):
+        mine = [r for r in rows if r["kernel"] == kernel]
+        assert mine
+        for r in mine:
+            # the tile max of every tile is a block reduction: at least one barrier per iteration
+            assert r["loop_barriers"] >= 1 and r["loop_barriers_min"] >= 1, r
+            per_thread = min(16, block * elem[r["config"].split("-")[0]] // (r["num_warps"] * 32))
+            assert r["loop_loads"]["logits_ptr"] == [per_thread] and r["load_bytes"] == per_thread, r
 
 
 def test_gpu_check_dry_run_lists_the_planned_cases():

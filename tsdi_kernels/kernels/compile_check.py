@@ -8,6 +8,8 @@ read with the bundled `cuobjdump -res-usage` (registers; stack bytes = spills), 
 assembled again by the bundled `ptxas -v` (exact spill store / load bytes, twice the time). Must run WITHOUT
 TRITON_INTERPRET (the interpreter replaces @triton.jit functions), hence a module the tests run in a subprocess.
 
+PTX analysis: ptx_stats.py (barriers, hot-loop barriers, load widths).
+
 The configurations are the launchers' specializations: logits dtype x bias for the sampler, input dtype x
 reference x mask x normalize for the accumulator, at the GPU block sizes the launchers pick (sample.plan).
 Hot configurations (the kernels that stream the logits / inputs in the common case) must not spill.
@@ -31,6 +33,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from .accumulate import triton_impl as accumulate  # noqa: E402
+from .ptx_stats import ptx_stats  # noqa: E402
 from .sampling import triton_impl as sample  # noqa: E402
 
 _TY = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
@@ -153,12 +156,18 @@ def cubin_usage(cubin: bytes) -> dict:
             "spill_loads": stack + local}
 
 
+# The input each kernel streams: its loads in the hot loop give load_bytes (kernels not named: any global load).
+STREAMED = {"sample._stream_kernel": "logits_ptr", "sample._fallback_kernel": "logits_ptr",
+            "accumulate._row_stats_kernel": "aligned_ptr", "accumulate._merge_kernel": "aligned_ptr"}
+
 # Register caps the launchers pass (`maxnreg`): the occupancy the launch plans assume.
 MAXNREG = {"sample._stream_kernel": sample.MAXNREG_STREAM}
 
 
 def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int, exact_spills=False,
-                maxnreg=None) -> dict:
+                maxnreg=None, streamed=None) -> dict:
+    """Compile one configuration: registers / spills (cubin or ptxas), shared memory, and ptx_stats.py (streamed:
+    the argument whose loads give load_bytes, STREAMED[kernel])."""
     sig = {name: signature.get(name, "constexpr") for name in fn.arg_names}
     missing = [n for n in fn.arg_names if n not in signature and n not in constexprs]
     if missing:
@@ -172,7 +181,16 @@ def compile_one(fn, signature: dict, constexprs: dict, num_warps: int, arch: int
     kernel = triton.compile(src, target=target, options=options)
     out = {"compile_s": round(time.time() - t0, 2), "shared_bytes": kernel.metadata.shared}
     out.update(ptxas_usage(kernel.asm["ptx"], arch) if exact_spills else cubin_usage(kernel.asm["cubin"]))
+    out.update(ptx_stats(kernel.asm["ptx"], [n for n in fn.arg_names if sig[n] != "constexpr"], streamed))
     return out
+
+
+def _loop_bars(row) -> str:
+    """"static (min-max per iteration)" barriers of the hot loop, "-" without one."""
+    if row.get("loop_barriers") is None:
+        return "-"
+    lo, hi = row.get("loop_barriers_min"), row.get("loop_barriers_max")
+    return f"{row['loop_barriers']}" + (f"({lo}-{hi})" if lo is not None else "")
 
 
 def run(archs=(90, 80), quick=False, exact_spills=False) -> list:
@@ -181,14 +199,15 @@ def run(archs=(90, 80), quick=False, exact_spills=False) -> list:
         for arch in archs:
             row = {"kernel": kernel, "config": cfg, "arch": f"sm_{arch}", "hot": hot, "num_warps": num_warps}
             try:
-                row.update(compile_one(fn, sig, constexprs, num_warps, arch, exact_spills, MAXNREG.get(kernel)),
-                           ok=True)
+                row.update(compile_one(fn, sig, constexprs, num_warps, arch, exact_spills, MAXNREG.get(kernel),
+                                       STREAMED.get(kernel)), ok=True)
             except Exception as exc:  # reported, and the exit status says it failed
                 row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
             rows.append(row)
             print(f"{kernel:32s} {cfg:28s} {row['arch']:6s} " + (
                 f"regs={row['registers']:<4} spill_st={row['spill_stores']:<4} spill_ld={row['spill_loads']:<4}"
-                f" smem={row['shared_bytes']:<6} {row['compile_s']}s" if row["ok"] else "FAILED " + row["error"]),
+                f" smem={row['shared_bytes']:<6} bar={row['barriers']:<4} loop_bar={_loop_bars(row):<11}"
+                f" ld={row['load_bytes']}B {row['compile_s']}s" if row["ok"] else "FAILED " + row["error"]),
                 flush=True)
     return rows
 

@@ -14,7 +14,9 @@ Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions
         does (s descending, equal s by index descending), so the buffer is a PREFIX of the (near) HF ranking.
         When it holds more than KEEP (512) keys it is sorted in registers and cut to its KEEP / 2 best (the
         cutoff rises to that key). It lives in a small global scratch [B, S, KEEP + BLOCK] int64 (L1/L2
-        resident: Triton has no indexable shared memory). Peaked LLM rows rarely cut at all.
+        resident: Triton has no indexable shared memory). Real LLM rows DO cut: at T = 0.7 nearly every token
+        is near, so a split of 2048 tokens cuts about twice (benchmarks/sampler_merges.py: 45 cuts per row at
+        24 splits for k50 p0.9 on SmolLM2 rows), each a 1024-key sort (116 of the loop's 132 static barriers).
   kernel 2 `_finish_kernel`, grid (B,): merges the S partials with one vector load each (fixed reduction
     order: deterministic), merges the buffers of the splits whose max is near the row max (typically 1-3) into
     the row's top-KEEP prefix (a sort of 2 * KEEP keys per such split), then applies the exact HF rule
@@ -76,7 +78,8 @@ ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
 # top-p keeps a token iff the mass above it is < top_p * TOP_P_SCALE (semantics.py: ties at top_p drop the token)
 TOP_P_SCALE = tl.constexpr(_TOP_P_SCALE)
 # Per-split partials: 4 floats (max, sum of exp, greedy value, unfiltered value) and PART_I int64 slots (greedy
-# index, unfiltered index, candidate count, flags, cutoff key of the candidate buffer; padded to a power of two).
+# index, unfiltered index, candidate count, flags, cutoff key of the candidate buffer, cuts that dropped keys;
+# padded to a power of two).
 PART_I = tl.constexpr(8)
 # Top-k rows with k <= TOP_J (the serving case, e.g. k = 50): every split ends with its candidates sorted, and
 # kernel 2 gathers the row's top-k from the splits' first TOP_J keys in ONE merge (see _finish_kernel).
@@ -202,6 +205,7 @@ def _stream_kernel(
     count = tl.zeros((), tl.int32)
     cutoff = tl.zeros((), tl.int64) + INT64_MIN
     flags = tl.zeros((), tl.int32)
+    n_cut = tl.zeros((), tl.int32)  # cuts that dropped keys: reported per row by kernel 2 (benchmarks)
     # top-k rows with k <= TOP_J end with their candidates sorted (kernel 2 gathers their first TOP_J keys): the
     # loop runs one more iteration past `end`, which loads nothing and only sorts, so that the kernel keeps ONE
     # sort site (each tl.sort site costs ~10 s of compile time).
@@ -253,6 +257,7 @@ def _stream_kernel(
                 tl.store(p_cand + o_slot, b_buf, mask=o_slot < HALF)
                 count = tl.minimum(count, HALF)
                 flags = flags | tl.where(dropped, FLAG_CUT, 0)
+                n_cut += dropped.to(tl.int32)
                 tl.debug_barrier()
     flags = flags | tl.max(v_flags & FLAG_NAN, axis=0) | tl.max(v_flags & FLAG_PINF, axis=0) \
         | tl.max(v_flags & FLAG_FINITE, axis=0)
@@ -271,6 +276,7 @@ def _stream_kernel(
     tl.store(part_i_ptr + i_part_i + 3, flags.to(tl.int64))
     # the buffer holds every token of the split with key >= cutoff (INT64_MIN: never cut, every near token)
     tl.store(part_i_ptr + i_part_i + 4, cutoff)
+    tl.store(part_i_ptr + i_part_i + 5, n_cut.to(tl.int64))
 
 
 @triton.jit
@@ -310,6 +316,8 @@ def _finish_kernel(
     u_idx = tl.min(tl.where(v_uv == u_val, v_ui, INT64_MAX), axis=0)
     flags = tl.max(v_flags & FLAG_NAN, axis=0) | tl.max(v_flags & FLAG_PINF, axis=0) \
         | tl.max(v_flags & FLAG_FINITE, axis=0)
+    # buffer cuts of all the row's splits, for reports only (stats slot 3)
+    n_cut = tl.sum(tl.load(part_i_ptr + o_part_i + 5, mask=m_s_ok, other=0).to(tl.int32), axis=0)
     # candidates: only splits whose max is near the row max hold near tokens; merge those (typically 1-3)
     thr = m_run - _near_span(top_k, top_p, vocab)
     m_near_s = m_s_ok & (v_n > 0) & (v_m >= thr)
@@ -373,9 +381,10 @@ def _finish_kernel(
         # top-KEEP of the union: sort the 2 * KEEP keys, keep the first half (one sort site for compile time)
         b_both = _sort_desc(tl.reshape(tl.join(b_cand, b_new), (2 * KEEP,)))
         b_cand, _ = tl.split(tl.permute(tl.reshape(b_both, (2, KEEP)), (1, 0)))
-    tl.store(stats_ptr + i_b * 3 + 0, m_run)
-    tl.store(stats_ptr + i_b * 3 + 1, z_run)
-    tl.store(stats_ptr + i_b * 3 + 2, n_near.to(tl.float32))  # merges (candidate sorts) of this row, for reports
+    tl.store(stats_ptr + i_b * 4 + 0, m_run)
+    tl.store(stats_ptr + i_b * 4 + 1, z_run)
+    tl.store(stats_ptr + i_b * 4 + 2, n_near.to(tl.float32))  # merges (candidate sorts) of this row, for reports
+    tl.store(stats_ptr + i_b * 4 + 3, n_cut.to(tl.float32))
 
     # the exact HF rule on the candidate prefix (sorted by s descending, equal s by index descending)
     # complete: the buffer holds every near token of the row: no split cut its buffer and the merges, which keep
@@ -430,8 +439,8 @@ def _fallback_kernel(
         top_k = tl.load(top_k_ptr + i_b)
         top_p = tl.load(top_p_ptr + i_b)
         seed = tl.load(seed_ptr + i_b)
-        m_run = tl.load(stats_ptr + i_b * 3 + 0)
-        z_run = tl.load(stats_ptr + i_b * 3 + 1)
+        m_run = tl.load(stats_ptr + i_b * 4 + 0)
+        z_run = tl.load(stats_ptr + i_b * 4 + 1)
         bias_end = tl.where(position < n_bias_rows, vocab, 0)
         p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
         p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
@@ -512,11 +521,11 @@ MAXNREG_STREAM = 128
 
 def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, block=None, keep=None, splits=None):
     """Launch plan for a [batch, vocab] call: tile BLOCK, candidates KEEP, splits S, chunk per split, warps.
-    Splits fill one wave of 4 programs per SM (triton_launch.split_vocab) (bytes in flight: one BLOCK tile per program at a time), with
-    at least 4 tiles per program, at most MAX_SPLITS (kernel 2 merges the S partials as one vector).
-    Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP + BLOCK =
-    1024 int64 keys while it cuts its buffer: 96 registers), finish kernel 4 (sorts 2 * KEEP keys: 107 on sm_90;
-    8 warps spill on sm_80), fallback kernel 8 with 512-wide tiles ([512, 16] probe compares: 97 registers)."""
+    Splits fill one wave of 4 programs per SM (triton_launch.split_vocab) (bytes in flight: one BLOCK tile per
+    program at a time), with at least 4 tiles per program, at most MAX_SPLITS (kernel 2 merges the S partials as
+    one vector). Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP +
+    BLOCK = 1024 int64 keys while it cuts its buffer: capped at 128 registers), finish kernel 4 (sorts 2 * KEEP
+    keys: 124 on sm_90; 8 warps spill on sm_80), fallback kernel 8 with 512-wide tiles ([512, 16] probe compares: 97 registers)."""
     interp = device_type != "cuda"
     block = block or (256 if interp else 512)
     keep = keep or block
@@ -531,8 +540,9 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     """Launcher of torch.ops.tsdi.debias_sample on CUDA (and on CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
     block / keep / splits override the tile size, candidate count and vocabulary splits (tests). `report`, a
-    dict, receives per-row diagnostics for tests and benchmarks: "merges" (int64 [B], candidate sorts of kernel 2)
-    and "fallback" (bool [B], rows kernel 3 solved)."""
+    dict, receives per-row diagnostics for tests and benchmarks: "merges" (int64 [B], candidate sorts of kernel 2),
+    "cuts" (int64 [B], candidate-buffer cuts that dropped keys, summed over the row's splits) and "fallback"
+    (bool [B], rows kernel 3 solved)."""
     batch, vocab = logits.shape
     device = logits.device
     interp = device.type != "cuda"
@@ -548,7 +558,7 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     part_i = torch.empty(batch * splits * PART_I.value, dtype=torch.int64, device=device)
     cand = torch.empty(batch * splits * (keep + block), dtype=torch.int64, device=device)
     gather = torch.empty(batch * keep, dtype=torch.int64, device=device)
-    stats = torch.empty(batch * 3, dtype=torch.float32, device=device)
+    stats = torch.empty(batch * 4, dtype=torch.float32, device=device)  # m_run, z_run, merges, cuts per row
     strength = float(strength)
     _stream_kernel[(batch, splits)](
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
@@ -562,6 +572,7 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
         logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
         vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
     if report is not None:
-        report["merges"] = stats.view(batch, 3)[:, 2].to(torch.int64)
+        report["merges"] = stats.view(batch, 4)[:, 2].to(torch.int64)
+        report["cuts"] = stats.view(batch, 4)[:, 3].to(torch.int64)
         report["fallback"] = fallback_rows
     return out
