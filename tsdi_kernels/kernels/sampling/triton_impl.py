@@ -13,10 +13,13 @@ Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions
         key(s_v) << 32 | v is >= a cutoff that only rises. The packed key orders tokens exactly as HF's top-p
         does (s descending, equal s by index descending), so the buffer is a PREFIX of the (near) HF ranking.
         When it holds more than KEEP (512) keys it is sorted in registers and cut to its KEEP / 2 best (the
-        cutoff rises to that key). It lives in a small global scratch [B, S, KEEP + BLOCK] int64 (L1/L2
-        resident: Triton has no indexable shared memory). Real LLM rows DO cut: at T = 0.7 nearly every token
-        is near, so a split of 2048 tokens cuts about twice (benchmarks/sampler_merges.py: 45 cuts per row at
-        24 splits for k50 p0.9 on SmolLM2 rows), each a 1024-key sort (116 of the loop's 132 static barriers).
+        cutoff rises to the last kept key); in top-k rows with k <= TOP_J (serving: k = 50) to its k + 1 best
+        and their ties, since only a split's top-k can reach the row's: later tokens are appended only if they
+        beat the split's running (k + 1)-th. It lives in a small global scratch [B, S, KEEP + BLOCK] int64
+        (L1/L2 resident: Triton has no indexable shared memory). Real LLM rows DO cut: at T = 0.7 nearly every
+        token is near, so a split's second tile overflows the buffer (benchmarks/sampler_merges.py, k50 p0.9 on
+        SmolLM2 rows: 46 cuts per row at 24 splits of 2048 tokens, that overflow and the final sort of each
+        split; 15 at 8 splits, 4.4 at 2), each a 1024-key sort (116 of the loop's 136 static barriers).
   kernel 2 `_finish_kernel`, grid (B,): merges the S partials with one vector load each (fixed reduction
     order: deterministic), merges the buffers of the splits whose max is near the row max (typically 1-3) into
     the row's top-KEEP prefix (a sort of 2 * KEEP keys per such split), then applies the exact HF rule
@@ -83,7 +86,7 @@ TOP_P_SCALE = tl.constexpr(_TOP_P_SCALE)
 PART_I = tl.constexpr(8)
 # Top-k rows with k <= TOP_J (the serving case, e.g. k = 50): every split ends with its candidates sorted, and
 # kernel 2 gathers the row's top-k from the splits' first TOP_J keys in ONE merge (see _finish_kernel).
-# TOP_J = min(64, KEEP / 2): a sorted split keeps KEEP / 2 keys.
+# TOP_J = min(64, KEEP / 2): a cut split of such a row keeps at least min(k + 1, KEEP / 2) >= k keys.
 TOP_J_MAX = 64
 NEEDS_FALLBACK = tl.constexpr(-1000)  # internal (below every status.py code): kernel 2 could not decide the row
 
@@ -246,16 +249,26 @@ def _stream_kernel(
                 tl.store(p_cand + o_dst, b_key, mask=m_new_c)
                 count += n_new
             if (count > KEEP) | (sort_at_end & (v0 >= end) & (count > 0)):
-                # cut to the HALF best keys (amortised: the next cut needs HALF new candidates); the cutoff
-                # rises to the HALF-th key. At the end of a top-k row: sort, keep up to HALF (>= TOP_J) keys.
+                # cut to the n_keep best keys; the cutoff rises to the last kept one. n_keep = HALF (amortised:
+                # the next cut needs HALF new candidates), except in top-k rows with k <= TOP_J, where only the
+                # split's top-k can reach the row's top-k: keep the keys whose value ties or beats the k-th and
+                # one more (at most HALF), so the cutoff's VALUE is below the split's k-th (kernel 2 needs the
+                # ties of the row's k-th value) and later tokens are appended only if they beat it.
+                # At the end of such a row: sort (kernel 2 reads the first TOP_J keys), cut the same way.
                 tl.debug_barrier()
                 b_buf = tl.load(p_cand + o_slot, mask=o_slot < count, other=INT64_MIN)
                 b_buf = _sort_desc(b_buf)
-                dropped = count > HALF
-                cutoff = tl.where(dropped, tl.min(tl.where(o_slot < HALF, b_buf, INT64_MAX), axis=0), cutoff)
+                # smallest packed key with the k-th key's value (count < k: INT64_MIN, nothing is dropped);
+                # the slot index in int32: an int64 compare over the 1024 slots spills at the 128-register cap
+                k_slot = tl.where(sort_at_end, top_k - 1, -1).to(tl.int32)
+                tie_floor = (tl.max(tl.where(o_slot == k_slot, b_buf, INT64_MIN), axis=0) >> 32) << 32
+                n_tie = tl.sum((b_buf >= tie_floor).to(tl.int32), axis=0)
+                n_keep = tl.where(sort_at_end, tl.minimum(n_tie + 1, HALF), HALF)
+                dropped = count > n_keep
+                cutoff = tl.where(dropped, tl.min(tl.where(o_slot < n_keep, b_buf, INT64_MAX), axis=0), cutoff)
                 tl.debug_barrier()
-                tl.store(p_cand + o_slot, b_buf, mask=o_slot < HALF)
-                count = tl.minimum(count, HALF)
+                tl.store(p_cand + o_slot, b_buf, mask=o_slot < n_keep)
+                count = tl.minimum(count, n_keep)
                 flags = flags | tl.where(dropped, FLAG_CUT, 0)
                 n_cut += dropped.to(tl.int32)
                 tl.debug_barrier()
@@ -332,7 +345,9 @@ def _finish_kernel(
     # near). Each split's first TOP_J candidates are sorted (kernel 1), so the row's top-k lies in this
     # [splits, TOP_J] tile: its k-th largest order key tau is found by bisection (32 counts over the tile), and
     # the keys >= tau (k + ties) are compacted into a KEEP buffer that the loop below sorts once. Exact unless a
-    # split has TOP_J keys >= tau (it may hold more) or the ties overflow KEEP: then the per-split merges run.
+    # split has TOP_J keys >= tau (it may hold more: a split with fewer has its whole buffer in the tile, its
+    # empty slots read INT32_MIN), a cut split's cutoff has value tau (below), or the ties overflow KEEP: then the
+    # per-split merges run.
     gathered = n_split < 0  # a boolean tensor (False): both branches below must give it the same type
     n_gathered = tl.zeros((), tl.int32)
     use_k = (top_k > 0) & (top_k < vocab)
@@ -351,7 +366,10 @@ def _finish_kernel(
             hi = tl.where(n_ge >= top_k, hi, mid - 1)
         n_gathered = tl.sum(tl.sum((t_ord >= lo).to(tl.int32), axis=1), axis=0)
         last_in = tl.max(tl.max(((o_j[None, :] == TOP_J - 1) & (t_ord >= lo)).to(tl.int32), axis=1), axis=0)
-        gathered = (n_gathered >= top_k) & (n_gathered <= KEEP) & (last_in == 0)
+        # A split cut at a key of value tau may miss tokens of value tau below it (lower index): exact only when
+        # tau beats every near cut split's cutoff VALUE (kernel 1 keeps it below the split's k-th, unless a
+        # split's ties of the k-th overflow KEEP / 2). Otherwise the per-split merges, or kernel 3, decide.
+        gathered = (n_gathered >= top_k) & (n_gathered <= KEEP) & (last_in == 0) & (lo > (cut_key >> 32))
         if gathered:
             # compaction, 8 splits at a time (small tiles keep registers down): keys >= tau in split order
             n_done = tl.zeros((), tl.int32)
