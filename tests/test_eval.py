@@ -2,6 +2,7 @@
 offline models (shared prefill = plain generation, resume from the cache, plot), and the CLI's checks before any
 model is loaded."""
 import argparse
+import importlib.util
 import json
 import math
 
@@ -478,6 +479,8 @@ def test_cli_errors_before_model_load(tmp_path, tiny_prompt_file, no_models):
         (["--out", str(a_file)], ValueError, "--out: .* is not a folder"),
         (["--grid", "0,1", "--auto"], ValueError, "--grid"),
     ]
+    if importlib.util.find_spec("vllm") is None:  # the main suite's venv: the vLLM tier has vLLM
+        cases.append((["--engine", "vllm"], ValueError, "--engine vllm: vLLM is not installed"))
     for argv, exc, message in cases:
         args = parse(argv + ["--out", str(tmp_path / "out")] if "--out" not in argv else argv)
         with pytest.raises(exc, match=message):
@@ -519,6 +522,16 @@ def test_limit_is_stratified():
         group = [p for p in kept if p.label == label]
         assert len(group) == 10 and len({p.category for p in group}) == min(
             10, len({p.category for p in items if p.label == label}))
+
+
+def test_engine_is_in_the_cache_key_only_when_not_hf():
+    """Answers of vLLM and of the fused sampler never share a cache entry; caches written before the engine
+    option existed (engine hf) keep their keys."""
+    models = {"aligned": "a", "reference": "r"}
+    config = sweep_mod.tsdi_config(0.5)
+    hf = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding())
+    vllm = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding(engine="vllm"))
+    assert hf != vllm and "engine" not in sweep_mod.Decoding().describe()
 
 
 def test_help_lists_options(capsys):

@@ -578,3 +578,39 @@ def test_vllm_serve_applies_vllm_xargs_strength_and_answers_bad_strength_with_40
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@needs_vllm
+def test_tsdi_eval_on_vllm_gives_the_hf_engines_answers(artifacts: Artifacts, tmp_path):
+    """`tsdi eval --engine vllm` (evaluation/vllm_engine.py): the sweep's greedy answers from vLLM engines (the aligned
+    one with TSDI as its logits processor, the strength per request) equal those of the default engine, the fused
+    sampler, for every configuration; the two engines' answers are cached under different keys."""
+    from transformers import AutoModelForCausalLM
+
+    from tsdi_kernels import BiasTable
+    from tsdi_kernels.evaluation.prompts import Prompt
+    from tsdi_kernels.evaluation.sweep import Decoding, run_sweep
+
+    half = NUM_PROMPTS // 2
+    prompts = ([Prompt(t, "harmful", split="test") for t in artifacts.texts[:3]]
+               + [Prompt(t, "benign", split="test") for t in artifacts.texts[half:half + 3]])
+    aligned = AutoModelForCausalLM.from_pretrained(artifacts.aligned, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(artifacts.reference, dtype=torch.float32).eval()
+    table = BiasTable.load(artifacts.bias)
+    common = dict(strengths=[0.5, 1.0], helpfulness=False, progress=False, log=lambda s: None)
+    hf = run_sweep(aligned, reference, artifacts.tokenizer, table, prompts, out_dir=tmp_path / "hf",
+                   decoding=Decoding(max_new_tokens=MAX_TOKENS), **common)
+    engine_args = dict(aligned_dir=artifacts.aligned, reference_dir=artifacts.reference, bias_path=artifacts.bias,
+                       llm_kwargs=dict(enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES, max_model_len=1024))
+    with engine_env():
+        vl = run_sweep(aligned, reference, artifacts.tokenizer, table, prompts, out_dir=tmp_path / "vllm",
+                       decoding=Decoding(max_new_tokens=MAX_TOKENS, engine="vllm"), engine_args=engine_args,
+                       **common)
+    names = [c.name for c in hf.configs]
+    assert names == [c.name for c in vl.configs] == ["reference", "aligned", "TSDI s=0.5", "TSDI s=1"]
+    differ = [(n, p.text, hf.records[(n, p.id)]["answer"], vl.records[(n, p.id)]["answer"])
+              for n in names for p in prompts if hf.records[(n, p.id)]["tokens"] != vl.records[(n, p.id)]["tokens"]]
+    assert not differ, differ[:3]
+    assert all(hf.keys[n] != vl.keys[n] for n in names)
+    # the strength reached the processor: TSDI changes some of the aligned model's answers
+    assert any(vl.records[("aligned", p.id)]["tokens"] != vl.records[("TSDI s=1", p.id)]["tokens"] for p in prompts)

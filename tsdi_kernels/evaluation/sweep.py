@@ -80,11 +80,14 @@ class Decoding:
     top_p: float = 0.9
     top_k: int = 0
     seed: int = 0
+    engine: str = "hf"  # "hf": tsdi_kernels.generate; "vllm": vllm_engine.VllmGenerator
 
     def describe(self) -> dict:
         d = {"max_new_tokens": self.max_new_tokens, "sample": self.sample}
         if self.sample:
             d.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+        if self.engine != "hf":  # in every cache key; absent for "hf", so caches written before it stay valid
+            d["engine"] = self.engine
         return d
 
     def kwargs(self) -> dict:
@@ -550,11 +553,13 @@ def run_sweep(aligned, reference, tokenizer, bias, prompts: Sequence[Prompt], *,
           refine_steps: int = DEFAULT_REFINE_STEPS, refine: str = "threshold", margin: float = DEFAULT_MARGIN,
           decoding: Optional[Decoding] = None, batch_size: int = 160, judge=None, out_dir=None,
           helpfulness: bool = True, share_prefill: bool = True, progress: bool = True,
-          log: Callable[[str], None] = print) -> SweepResult:
+          log: Callable[[str], None] = print, engine_args: Optional[dict] = None) -> SweepResult:
     """Evaluate reference, aligned and aligned + TSDI (see the module docstring); returns a SweepResult.
 
     strengths: the TSDI strengths to evaluate; with auto=True, `grid` plus `refine_steps` adaptive ones (a given
-    `strengths` list is then added to the grid). out_dir: where cache.jsonl lives (None: no cache)."""
+    `strengths` list is then added to the grid). out_dir: where cache.jsonl lives (None: no cache).
+    decoding.engine == "vllm": answers from vLLM engines (vllm_engine.py); engine_args: aligned_dir, reference_dir,
+    bias_path (the models as folders and the table as a file, which vLLM loads) and optional llm_kwargs."""
     decoding = decoding or Decoding()
     judge = load_judge(judge) if not isinstance(judge, Judge) else judge
     if not (0.0 <= margin <= 1.0):
@@ -574,7 +579,26 @@ def run_sweep(aligned, reference, tokenizer, bias, prompts: Sequence[Prompt], *,
     if cache.records:
         log(f"resuming: {len(cache.records)} cached answers in {cache.path}"
             + (f" ({cache.skipped} unreadable lines skipped)" if cache.skipped else ""))
-    gen = Generator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill)
+    if decoding.engine == "vllm":
+        from .vllm_engine import VllmGenerator
+
+        gen = VllmGenerator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill,
+                            **(engine_args or {}))
+    elif decoding.engine == "hf":
+        gen = Generator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill)
+    else:
+        raise ValueError(f"decoding.engine must be 'hf' or 'vllm', got {decoding.engine!r}")
+    try:
+        return _sweep(gen, aligned, reference, bias, prompts, cache, base, auto=auto, grid=grid,
+                      refine_steps=refine_steps, refine=refine, margin=margin, decoding=decoding,
+                      batch_size=batch_size, judge=judge, helpfulness=helpfulness, progress=progress, log=log)
+    finally:
+        if hasattr(gen, "close"):
+            gen.close()
+
+
+def _sweep(gen, aligned, reference, bias, prompts, cache, base, *, auto, grid, refine_steps, refine, margin,
+           decoding, batch_size, judge, helpfulness, progress, log) -> SweepResult:
     fps = {"aligned": model_fingerprint(aligned), "reference": model_fingerprint(reference)}
     bias_fp = bias_fingerprint(bias)
 
