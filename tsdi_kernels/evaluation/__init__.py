@@ -4,6 +4,7 @@
     stats.py    rates with 95% Wilson intervals
     judge.py    the pluggable refusal rule (default: tsdi_kernels/demo/refusal.py)
     sweep.py    reference, aligned and aligned + TSDI over strengths (adaptive), cached and resumable
+    vllm_engine.py  the sweep's answers from vLLM engines (--engine vllm), TSDI as the logits processor
     plot.py     the Pareto plot (over-refusal vs safety, interval bars)
     cli.py      `tsdi eval`
 
