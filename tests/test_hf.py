@@ -5,11 +5,11 @@ processor + warpers + softmax at every step (atol 1e-6)."""
 import pytest
 import torch
 from tiny_models import tiny_llama, tiny_tokenizer
-from transformers import (LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 import tsdi_kernels
+from benchmarks.baselines import hf_warpers
 from tsdi_kernels import BiasTable, TSDILogitsProcessor, fused_sampler
 from tsdi_kernels.integrations import hf as hf_mod
 
@@ -65,13 +65,7 @@ def test_greedy_with_eos_and_other_processors(setup):
 
 def hf_probs(logits, bias, t, temperature, top_k, top_p):
     """HF's pipeline on one step's raw logits: TSDI processor, then the warpers HF builds, then softmax."""
-    procs = [TSDILogitsProcessor(bias, 0)]
-    if temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(temperature))
-    if top_k:
-        procs.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        procs.append(TopPLogitsWarper(top_p))
+    procs = [TSDILogitsProcessor(bias, 0)] + hf_warpers(temperature, top_k, top_p)
     fake_ids = torch.zeros(logits.shape[0], t, dtype=torch.long)  # t tokens "generated" since the prompt
     return torch.softmax(LogitsProcessorList(procs)(fake_ids, logits.clone()), -1)
 

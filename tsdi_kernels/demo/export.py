@@ -73,12 +73,47 @@ def export_pair(out: PathLike, *, model_dir: Optional[PathLike] = None, adapter:
             if path.exists():
                 raise FileExistsError(f"{path} exists: pass overwrite=True (--force) to replace it")
     aligned, reference, tokenizer = models.load_pair(model_dir, adapter, dtype=dtype)
-    source = str(model_dir) if model_dir is not None else f"embedded {models.CACHE_NAME} ({models.GGUF_NAME})"
-    common = {"reference": source, "dtype": str(dtype).replace("torch.", "")}
+    common = {"reference": source_name(model_dir), "dtype": str(dtype).replace("torch.", "")}
     _write_folder(reference, tokenizer, targets["reference"], {**common, "role": "reference"}, overwrite=overwrite)
     _write_folder(aligned, tokenizer, targets["aligned"],
                   {**common, "role": "aligned", "adapter": str(Path(adapter).name)}, overwrite=overwrite)
     return targets
+
+
+def source_name(model_dir: Optional[PathLike] = None) -> str:
+    """What the folders' marker records as the reference: the folder given, or the embedded model."""
+    return str(model_dir) if model_dir is not None else f"embedded {models.CACHE_NAME} ({models.GGUF_NAME})"
+
+
+def is_current(folder: Path, role: str, source: str, adapter: Path) -> bool:
+    """Whether `folder` holds the model export_pair wrote for (role, source, adapter) in float32, after the adapter
+    file last changed: then it can be reused instead of writing 0.5 GB again."""
+    marker = folder / MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        fresh = marker.stat().st_mtime >= adapter.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    expected = {"role": role, "reference": source, "dtype": "float32"}
+    if role == "aligned":
+        expected["adapter"] = adapter.name
+    return fresh and (folder / "config.json").is_file() and all(info.get(k) == v for k, v in expected.items())
+
+
+def export_pair_once(out: PathLike, *, model_dir: Optional[PathLike] = None, adapter: PathLike = models.ADAPTER_PATH,
+                     shown: Optional[str] = None, log=print) -> dict[str, Path]:
+    """The float32 pair in ``out`` (absolute paths), written by export_pair unless a current export is there (the
+    demo and `tsdi eval --engine vllm` reuse it run after run). `shown`: how `log` names the folder."""
+    out, adapter = Path(out).resolve(), Path(adapter)
+    shown = shown or str(out)
+    targets = {"aligned": out / "aligned", "reference": out / "reference"}
+    if all(is_current(path, role, source_name(model_dir), adapter) for role, path in targets.items()):
+        log(f"reusing the model folders in {shown}/ (written by an earlier run)")
+        return targets
+    log(f"writing the aligned model (reference + safety LoRA, merged) and the reference as model folders to "
+        f"{shown}/ (float32, 2 x 517 MB for SmolLM2-135M; once, about 10-30 s) ...")
+    paths = export_pair(out, model_dir=model_dir, adapter=adapter, dtype="float32", overwrite=True)
+    return {role: Path(path).resolve() for role, path in paths.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

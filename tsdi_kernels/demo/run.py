@@ -447,39 +447,15 @@ def check_args(args) -> None:
         raise PermissionError(f"--out: the folder {str(out)!r} is not writable")
 
 
-def _export_is_current(folder: Path, role: str, source: str, adapter: Path) -> bool:
-    """Whether `folder` holds the model demo/export.py wrote for (role, source, adapter) in float32, after the
-    adapter file last changed: then the demo reuses it instead of writing 0.5 GB again."""
-    from .export import MARKER
-
-    marker = folder / MARKER
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        fresh = marker.stat().st_mtime >= adapter.stat().st_mtime
-    except (OSError, ValueError):
-        return False
-    expected = {"role": role, "reference": source, "dtype": "float32"}
-    if role == "aligned":
-        expected["adapter"] = adapter.name
-    return fresh and (folder / "config.json").is_file() and all(info.get(k) == v for k, v in expected.items())
-
-
 def export_models(args, *, log=print) -> dict:
     """OUT/models/{aligned,reference} as Hugging Face folders (demo/export.py), reused when already written for
     the same --model and --adapter. Returns {"aligned": Path, "reference": Path} (absolute)."""
     from . import export, models
 
     dest = (Path(args.out) / "models").resolve()
-    adapter = Path(args.adapter if args.adapter is not None else models.ADAPTER_PATH)
-    source = str(args.model) if args.model is not None else f"embedded {models.CACHE_NAME} ({models.GGUF_NAME})"
-    targets = {"aligned": dest / "aligned", "reference": dest / "reference"}
-    if all(_export_is_current(path, role, source, adapter) for role, path in targets.items()):
-        log(f"  reusing the model folders in {_shown_path(str(dest))}/ (written by an earlier run)")
-        return targets
-    log(f"  writing the aligned model (reference + safety LoRA, merged) and the reference as model folders to "
-        f"{_shown_path(str(dest))}/ (float32, 2 x 517 MB for SmolLM2-135M; once, about 10-30 s) ...")
-    return {role: Path(path).resolve() for role, path in
-            export.export_pair(dest, model_dir=args.model, adapter=adapter, dtype="float32", overwrite=True).items()}
+    adapter = args.adapter if args.adapter is not None else models.ADAPTER_PATH
+    return export.export_pair_once(dest, model_dir=args.model, adapter=adapter, shown=_shown_path(str(dest)),
+                                   log=lambda line: log("  " + line))
 
 
 def load_models(args, *, log=print):

@@ -243,11 +243,8 @@ def vllm_engine_args(args, bias_path: str, log=print) -> dict:
         return {"aligned_dir": args.aligned, "reference_dir": args.reference, "bias_path": bias_path}
     from ..demo import export
 
-    folder = args.out / "models"
-    if not all((folder / role / "config.json").is_file() for role in ("aligned", "reference")):
-        log(f"--engine vllm: writing the embedded pair as model folders to {folder} (once) ...")
-        export.export_pair(folder, overwrite=True)
-    return {"aligned_dir": folder / "aligned", "reference_dir": folder / "reference", "bias_path": bias_path}
+    folders = export.export_pair_once(args.out / "models", log=lambda line: log("--engine vllm: " + line))
+    return {"aligned_dir": folders["aligned"], "reference_dir": folders["reference"], "bias_path": bias_path}
 
 
 def run(args) -> int:

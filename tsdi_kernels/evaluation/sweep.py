@@ -27,6 +27,7 @@ where it stopped and a rerun with more strengths only generates what is new.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -228,6 +229,9 @@ class Generator:
         self.seconds = 0.0
         self.tokens = 0
         self.phases = {"prefill": 0.0, "generate": 0.0, "score": 0.0}
+
+    def close(self) -> None:
+        """Nothing to release (the models belong to the caller); VllmGenerator shuts its engines down."""
 
     def encode(self, prompts: Sequence[Prompt]) -> dict:
         from ..integrations.hf import encode_prompts
@@ -566,6 +570,8 @@ def run_sweep(aligned, reference, tokenizer, bias, prompts: Sequence[Prompt], *,
         raise ValueError(f"margin must be in [0, 1] (a rate difference), got {margin}")
     if refine not in ("threshold", "knee"):
         raise ValueError(f"refine must be 'threshold' or 'knee', got {refine!r}")
+    if decoding.engine not in ("hf", "vllm"):
+        raise ValueError(f"decoding.engine must be 'hf' or 'vllm', got {decoding.engine!r}")
     base = sorted({float(s) for s in (list(strengths or []) + (list(grid) if auto else []))})
     if any(s < 0 or not math.isfinite(s) for s in base):
         raise ValueError(f"strengths must be finite and >= 0, got {base}")
@@ -584,89 +590,77 @@ def run_sweep(aligned, reference, tokenizer, bias, prompts: Sequence[Prompt], *,
 
         gen = VllmGenerator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill,
                             **(engine_args or {}))
-    elif decoding.engine == "hf":
-        gen = Generator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill)
     else:
-        raise ValueError(f"decoding.engine must be 'hf' or 'vllm', got {decoding.engine!r}")
-    try:
-        return _sweep(gen, aligned, reference, bias, prompts, cache, base, auto=auto, grid=grid,
-                      refine_steps=refine_steps, refine=refine, margin=margin, decoding=decoding,
-                      batch_size=batch_size, judge=judge, helpfulness=helpfulness, progress=progress, log=log)
-    finally:
-        if hasattr(gen, "close"):
-            gen.close()
+        gen = Generator(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill)
+    with contextlib.closing(gen):  # vLLM engines hold processes and memory until closed
+        fps = {"aligned": model_fingerprint(aligned), "reference": model_fingerprint(reference)}
+        bias_fp = bias_fingerprint(bias)
 
+        def key_of(c: Config) -> str:
+            return config_key(c, models=fps, bias_fp=bias_fp, decoding=decoding)
 
-def _sweep(gen, aligned, reference, bias, prompts, cache, base, *, auto, grid, refine_steps, refine, margin,
-           decoding, batch_size, judge, helpfulness, progress, log) -> SweepResult:
-    fps = {"aligned": model_fingerprint(aligned), "reference": model_fingerprint(reference)}
-    bias_fp = bias_fingerprint(bias)
-
-    def key_of(c: Config) -> str:
-        return config_key(c, models=fps, bias_fp=bias_fp, decoding=decoding)
-
-    t_start = time.perf_counter()
-    strengths_done = list(base)
-    refinement = []
-    if auto and refine_steps > 0:
-        val_harm = [p for p in prompts if p.label == "harmful" and p.split == "validation"]
-        if not val_harm:
-            log("no harmful prompts in the validation split: no refinement")
-        else:
-            configs = [ALIGNED] + [tsdi_config(s) for s in strengths_done]
-            keys = {c.name: key_of(c) for c in configs}
-            log(f"[refine] grid {', '.join(f'{s:g}' for s in strengths_done)} on {len(val_harm)} harmful "
-                "validation prompts")
-            run_configs(gen, cache, keys, configs, val_harm, batch_size=batch_size, helpfulness=False,
-                        progress=progress)
-            for step in range(refine_steps):
-                val = _val_rates(cache, keys, configs, val_harm, judge)
-                aligned_rate = val.pop(None)
-                s = next_strength(val, aligned_rate, margin, refine)
-                refinement.append({"rates": {f"{k:g}": v for k, v in sorted(val.items())},
-                                   "aligned": aligned_rate, "next": s})
-                if s is None or s in strengths_done:
-                    log(f"[refine] step {step + 1}: nothing left to refine")
-                    break
-                log(f"[refine] step {step + 1}: harmful refusal (validation) aligned {aligned_rate:.3f}, "
-                    + ", ".join(f"s={k:g} {v:.3f}" for k, v in sorted(val.items())) + f" -> add s={s:g}")
-                strengths_done.append(s)
-                configs.append(tsdi_config(s))
+        t_start = time.perf_counter()
+        strengths_done = list(base)
+        refinement = []
+        if auto and refine_steps > 0:
+            val_harm = [p for p in prompts if p.label == "harmful" and p.split == "validation"]
+            if not val_harm:
+                log("no harmful prompts in the validation split: no refinement")
+            else:
+                configs = [ALIGNED] + [tsdi_config(s) for s in strengths_done]
                 keys = {c.name: key_of(c) for c in configs}
-                run_configs(gen, cache, keys, [configs[-1]], val_harm, batch_size=batch_size, helpfulness=False,
+                log(f"[refine] grid {', '.join(f'{s:g}' for s in strengths_done)} on {len(val_harm)} harmful "
+                    "validation prompts")
+                run_configs(gen, cache, keys, configs, val_harm, batch_size=batch_size, helpfulness=False,
                             progress=progress)
-    configs = [REFERENCE, ALIGNED] + [tsdi_config(s) for s in sorted(strengths_done)]
-    keys = {c.name: key_of(c) for c in configs}
-    log(f"[eval] {len(configs)} configurations x {len(prompts)} prompts")
-    generated = run_configs(gen, cache, keys, configs, prompts, batch_size=batch_size, helpfulness=helpfulness,
-                            progress=progress)
-    total_s = time.perf_counter() - t_start
+                for step in range(refine_steps):
+                    val = _val_rates(cache, keys, configs, val_harm, judge)
+                    aligned_rate = val.pop(None)
+                    s = next_strength(val, aligned_rate, margin, refine)
+                    refinement.append({"rates": {f"{k:g}": v for k, v in sorted(val.items())},
+                                       "aligned": aligned_rate, "next": s})
+                    if s is None or s in strengths_done:
+                        log(f"[refine] step {step + 1}: nothing left to refine")
+                        break
+                    log(f"[refine] step {step + 1}: harmful refusal (validation) aligned {aligned_rate:.3f}, "
+                        + ", ".join(f"s={k:g} {v:.3f}" for k, v in sorted(val.items())) + f" -> add s={s:g}")
+                    strengths_done.append(s)
+                    configs.append(tsdi_config(s))
+                    keys = {c.name: key_of(c) for c in configs}
+                    run_configs(gen, cache, keys, [configs[-1]], val_harm, batch_size=batch_size, helpfulness=False,
+                                progress=progress)
+        configs = [REFERENCE, ALIGNED] + [tsdi_config(s) for s in sorted(strengths_done)]
+        keys = {c.name: key_of(c) for c in configs}
+        log(f"[eval] {len(configs)} configurations x {len(prompts)} prompts")
+        generated = run_configs(gen, cache, keys, configs, prompts, batch_size=batch_size, helpfulness=helpfulness,
+                                progress=progress)
+        total_s = time.perf_counter() - t_start
 
-    # judge every answer (verdicts are not cached: a new judge re-judges the cached answers)
-    records = {}
-    for c in configs:
-        for p in prompts:
-            rec = dict(cache.get(keys[c.name], p.id))
-            rec["refusal"] = judge(rec["answer"], p.text)
-            records[(c.name, p.id)] = rec
-    if helpfulness and any(records[(c.name, p.id)].get("loglik") is None and records[(c.name, p.id)]["tokens"]
-                           for c in configs for p in prompts if p.label == "benign"):
-        log("note: some cached benign answers were generated without --helpfulness scoring; their log-likelihood "
-            "is missing from the means")
+        # judge every answer (verdicts are not cached: a new judge re-judges the cached answers)
+        records = {}
+        for c in configs:
+            for p in prompts:
+                rec = dict(cache.get(keys[c.name], p.id))
+                rec["refusal"] = judge(rec["answer"], p.text)
+                records[(c.name, p.id)] = rec
+        if helpfulness and any(records[(c.name, p.id)].get("loglik") is None and records[(c.name, p.id)]["tokens"]
+                               for c in configs for p in prompts if p.label == "benign"):
+            log("note: some cached benign answers were generated without --helpfulness scoring; their log-likelihood "
+                "is missing from the means")
 
-    result = SweepResult(configs=configs, prompts=prompts, records=records, keys=keys, judge=judge.name,
-                         refinement=refinement,
-                         settings={"strengths": sorted(strengths_done), "auto": auto, "grid": list(grid),
-                                   "refine_steps": refine_steps, "refine": refine, "margin": margin,
-                                   "decoding": decoding.describe(), "batch_size": batch_size,
-                                   "helpfulness": helpfulness, "models": fps, "bias": bias_fp,
-                                   "bias_metadata": _jsonable(getattr(bias, "metadata", {}))})
-    result.summary = [summarize_config(records, c, prompts) for c in configs]
-    result.recommendation = recommendation(result, margin)
-    result.timings = {"total": round(total_s, 1), "model_time": round(gen.seconds, 1),
-                      **{k: round(v, 1) for k, v in gen.phases.items()}, "generated": generated,
-                      "answer_tokens": gen.tokens}
-    return result
+        result = SweepResult(configs=configs, prompts=prompts, records=records, keys=keys, judge=judge.name,
+                             refinement=refinement,
+                             settings={"strengths": sorted(strengths_done), "auto": auto, "grid": list(grid),
+                                       "refine_steps": refine_steps, "refine": refine, "margin": margin,
+                                       "decoding": decoding.describe(), "batch_size": batch_size,
+                                       "helpfulness": helpfulness, "models": fps, "bias": bias_fp,
+                                       "bias_metadata": _jsonable(getattr(bias, "metadata", {}))})
+        result.summary = [summarize_config(records, c, prompts) for c in configs]
+        result.recommendation = recommendation(result, margin)
+        result.timings = {"total": round(total_s, 1), "model_time": round(gen.seconds, 1),
+                          **{k: round(v, 1) for k, v in gen.phases.items()}, "generated": generated,
+                          "answer_tokens": gen.tokens}
+        return result
 
 
 def _val_rates(cache, keys, configs, val_harm, judge) -> dict:

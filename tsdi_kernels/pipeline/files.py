@@ -88,10 +88,7 @@ def check_writable_path(path: Union[str, os.PathLike], what: str = "output") -> 
         return full
     except OSError as exc:
         raise ValueError(f"{what}: cannot use {path!r}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{what}: {path!r} is a directory, not a file")
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{what}: {path!r} is not a regular file")
+    _require_regular(mode, f"{what}: {path!r}")
     return full
 
 
@@ -153,7 +150,12 @@ def check_readable_file(path: str, what: str) -> None:
         raise FileNotFoundError(f"{what} {path!r} does not exist (a part of the path is not a folder)") from None
     except OSError as exc:
         raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
+    _require_regular(mode, f"{what} {path!r}")
+
+
+def _require_regular(mode: int, named: str) -> None:
+    """IsADirectoryError / ValueError starting with `named` unless `mode` (os.stat) is a regular file's."""
     if stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{what} {path!r} is a directory, not a file")
+        raise IsADirectoryError(f"{named} is a directory, not a file")
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{what} {path!r} is not a regular file")
+        raise ValueError(f"{named} is not a regular file")
