@@ -39,6 +39,8 @@ def test_shrink_prob_centres_tokens_neither_model_uses():
     lp = torch.tensor([[-0.1, -3.0, -20.0]])
     table = _table([[0.5, 0.0, 6.0]], [[0.1, 0.1, 0.1]], aligned_logprob=lp)
     assert fronts.shrink_prob(table, p_min=1e-5).mean.tolist() == [[0.5, 0.0, 0.5]]
+    with pytest.raises(ValueError, match="`p_min`"):
+        fronts.shrink_prob(table, p_min=0.0)
     with pytest.raises(ValueError, match="aligned_logprob"):
         fronts.shrink_prob(_table([[0.5, 0.0, 6.0]], [[0.1, 0.1, 0.1]]))
 

@@ -450,6 +450,7 @@ def no_models(monkeypatch):
     (["--top-p", "0"], "--top-p"),
     (["--temperature", "0"], "--temperature"),
     (["--refine", "middle"], "--refine"),
+    (["--engine", "tgi"], "--engine"),
 ])
 def test_cli_parse_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -532,6 +533,31 @@ def test_engine_is_in_the_cache_key_only_when_not_hf():
     hf = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding())
     vllm = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding(engine="vllm"))
     assert hf != vllm and "engine" not in sweep_mod.Decoding().describe()
+
+
+def test_engine_arguments_are_checked_before_any_work(tiny, tmp_path):
+    """An unknown engine, model folders vLLM cannot load and a missing bias file are named before anything is
+    generated (no vLLM needed: the checks come before the engines start)."""
+    from tsdi_kernels.evaluation.vllm_engine import VllmGenerator
+
+    tok, aligned, reference, bias = tiny
+    prompts = [Prompt("hello", "benign", split="test")]
+    with pytest.raises(ValueError, match="decoding.engine must be 'hf' or 'vllm'"):
+        sweep_mod.run_sweep(aligned, reference, tok, bias, prompts, strengths=[1.0], out_dir=tmp_path / "out",
+                            decoding=sweep_mod.Decoding(engine="tgi"), progress=False, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    table = write(tmp_path / "bias.safetensors", "x")
+    dec = sweep_mod.Decoding(engine="vllm")
+    with pytest.raises(ValueError, match="`aligned_dir`: .* has no config.json"):
+        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=tmp_path, reference_dir=model, bias_path=table)
+    with pytest.raises(ValueError, match="`reference_dir`: .* has no config.json"):
+        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=tmp_path, bias_path=table)
+    with pytest.raises(FileNotFoundError, match="`bias_path`: no such file"):
+        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=model,
+                      bias_path=tmp_path / "nope.safetensors")
 
 
 def test_help_lists_options(capsys):
