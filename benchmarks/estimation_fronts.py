@@ -153,7 +153,8 @@ def main(argv=None) -> int:
 
     from tsdi_kernels.demo.models import load_pair
     from tsdi_kernels.evaluation.prompts import load_prompts
-    from tsdi_kernels.evaluation.sweep import Decoding, run_sweep
+    from tsdi_kernels.evaluation.settings import SweepSettings
+    from tsdi_kernels.evaluation.sweep import run_sweep
 
     aligned, reference, tokenizer = load_pair()
     prompts = load_prompts()
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         print(f"[{name}]", flush=True)
         table = table_for(name, args.out, aligned, reference, tokenizer)
         t0 = time.perf_counter()
-        res = run_sweep(aligned, reference, tokenizer, table, prompts, auto=True, decoding=Decoding(),
+        res = run_sweep(aligned, reference, tokenizer, table, prompts, SweepSettings(auto=True),
                         out_dir=args.out / "eval", progress=False, log=lambda s: print("  " + s, flush=True))
         rec = res.recommendation
         results[name] = {"variant": dict(zip(("pool", "num_prompts", "length", "shrink"), VARIANTS[name])),

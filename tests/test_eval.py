@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from tiny_models import single_thread, tiny_llama, tiny_tokenizer
-from tsdi_kernels.evaluation import cli, judge as judge_mod, prompts as prompts_mod, sweep as sweep_mod
+from tsdi_kernels.evaluation import cli, judge as judge_mod, prompts as prompts_mod, report, search, sweep as sweep_mod
+from tsdi_kernels.evaluation.cache import config_key
+from tsdi_kernels.evaluation.hf_engine import HFEngine
+from tsdi_kernels.evaluation.recommend import recommend
+from tsdi_kernels.evaluation.settings import ALIGNED, Decoding, SweepSettings, tsdi_config
 from tsdi_kernels.evaluation.plot import plot_pareto
 from tsdi_kernels.evaluation.prompts import Prompt, load_prompt_file, load_prompts
 from tsdi_kernels.evaluation.stats import Rate, mean_interval, wilson_interval
@@ -187,7 +191,7 @@ def test_judge_forms(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ recommendation
 def test_recommend_rule():
-    rec = sweep_mod.recommend
+    rec = recommend
     # aligned 0.97: the threshold with a 5-point margin is 0.92
     rates = {0.25: 0.96, 0.5: 0.94, 0.75: 0.83, 1.0: 0.57, 1.5: 0.23}
     assert rec(rates, 0.97, 0.05) == 0.5
@@ -200,7 +204,7 @@ def test_recommend_rule():
 
 
 def test_next_strength_rules():
-    nxt = sweep_mod.next_strength
+    nxt = search.next_strength
     grid = {0.25: 0.96, 0.5: 0.94, 1.0: 0.57, 1.5: 0.23}
     # threshold: between the last strength within the margin (0.5) and the next (1.0)
     assert nxt(grid, 0.97, 0.05, "threshold") == 0.75
@@ -255,11 +259,12 @@ def opener_judge(answer: str):
 
 def _run(tiny, prompts, out_dir, **kw):
     tok, aligned, reference, bias = tiny
-    defaults = dict(strengths=[0.5, 1.0], decoding=sweep_mod.Decoding(max_new_tokens=6), batch_size=4,
-                    judge=opener_judge, out_dir=out_dir, progress=False, log=lambda s: None)
-    defaults.update(kw)
+    run = dict(judge=opener_judge, out_dir=out_dir, progress=False, log=lambda s: None)
+    run.update({k: kw.pop(k) for k in list(kw) if k in run})
+    settings = dict(strengths=[0.5, 1.0], decoding=Decoding(max_new_tokens=6), batch_size=4)
+    settings.update(kw)
     with single_thread():
-        return sweep_mod.run_sweep(aligned, reference, tok, bias, prompts, **defaults)
+        return sweep_mod.run_sweep(aligned, reference, tok, bias, prompts, SweepSettings(**settings), **run)
 
 
 def test_shared_prefill_equals_plain_generation(tiny):
@@ -267,19 +272,19 @@ def test_shared_prefill_equals_plain_generation(tiny):
     plain generate / a full forward give."""
     tok, aligned, reference, bias = tiny
     prompts = load_prompts_tiny()
-    for decoding in (sweep_mod.Decoding(max_new_tokens=6), sweep_mod.Decoding(max_new_tokens=6, sample=True, seed=3)):
-        shared = sweep_mod.Generator(aligned, reference, tok, bias, decoding, share_prefill=True)
-        plain = sweep_mod.Generator(aligned, reference, tok, bias, decoding, share_prefill=False)
+    for decoding in (Decoding(max_new_tokens=6), Decoding(max_new_tokens=6, sample=True, seed=3)):
+        shared = HFEngine(aligned, reference, tok, bias, decoding, share_prefill=True)
+        plain = HFEngine(aligned, reference, tok, bias, decoding, share_prefill=False)
         enc = shared.encode(prompts)
         with single_thread():
             cache = shared.prefill("aligned", enc)
             assert plain.prefill("aligned", enc) is None
-            for config in (sweep_mod.ALIGNED, sweep_mod.tsdi_config(1.0)):
+            for config in (ALIGNED, tsdi_config(1.0)):
                 a = shared.generate(config, prompts, enc, cache)
                 b = plain.generate(config, prompts, enc, None)
                 assert a == b
             ref_cache = shared.prefill("reference", enc)
-            answers = [o["tokens"] for o in plain.generate(sweep_mod.ALIGNED, prompts, enc)]
+            answers = [o["tokens"] for o in plain.generate(ALIGNED, prompts, enc)]
             rows = list(range(len(prompts)))
             with_cache = shared.score(enc, rows + rows[:2], answers + answers[:2], ref_cache)
             without = plain.score(enc, rows, answers, None)
@@ -294,8 +299,8 @@ def test_shared_continuations_equal_separate_generation(tiny):
     configurations with the same opening get the same continuation."""
     tok, aligned, reference, bias = tiny
     prompts = load_prompts_tiny()
-    configs = [sweep_mod.ALIGNED, sweep_mod.tsdi_config(0.001), sweep_mod.tsdi_config(1.0), sweep_mod.tsdi_config(3.0)]
-    greedy = sweep_mod.Generator(aligned, reference, tok, bias, sweep_mod.Decoding(max_new_tokens=7))
+    configs = [ALIGNED, tsdi_config(0.001), tsdi_config(1.0), tsdi_config(3.0)]
+    greedy = HFEngine(aligned, reference, tok, bias, Decoding(max_new_tokens=7))
     enc = greedy.encode(prompts)
     with single_thread():
         cache = greedy.prefill("aligned", enc)
@@ -304,7 +309,7 @@ def test_shared_continuations_equal_separate_generation(tiny):
             assert many[c.name] == greedy.generate(c, prompts, enc, cache), c.name
         # a tiny strength opens like the aligned model: the continuation is shared, hence equal
         assert many["TSDI s=0.001"] == many["aligned"]
-        sampled = sweep_mod.Generator(aligned, reference, tok, bias, sweep_mod.Decoding(max_new_tokens=7, sample=True,
+        sampled = HFEngine(aligned, reference, tok, bias, Decoding(max_new_tokens=7, sample=True,
                                                                                         temperature=1.0, seed=4))
         a = sampled.generate_many(configs, prompts, enc, cache, batch_size=3)
         b = sampled.generate_many(configs, prompts, enc, cache, batch_size=64)
@@ -349,9 +354,9 @@ def test_sweep_resume_uses_cache_and_gives_same_results(tiny, tmp_path, monkeypa
     def fail(*a, **k):
         raise AssertionError("generated again despite the cache")
 
-    monkeypatch.setattr(sweep_mod.Generator, "generate", fail)
-    monkeypatch.setattr(sweep_mod.Generator, "generate_many", fail)
-    monkeypatch.setattr(sweep_mod.Generator, "prefill", fail)
+    monkeypatch.setattr(HFEngine, "generate", fail)
+    monkeypatch.setattr(HFEngine, "generate_many", fail)
+    monkeypatch.setattr(HFEngine, "prefill", fail)
     second = _run(tiny, prompts, tmp_path)
     assert second.timings["generated"] == 0
     assert second.summary == first.summary and second.recommendation == first.recommendation
@@ -378,13 +383,13 @@ def test_sweep_resume_uses_cache_and_gives_same_results(tiny, tmp_path, monkeypa
 def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
     prompts = load_prompts_tiny()
     rows = []
-    generate_many = sweep_mod.Generator.generate_many
+    generate_many = HFEngine.generate_many
 
     def counting(self, configs, batch, enc, cache=None, **kw):
         rows.extend((c.name, p.id) for c in configs for p in batch)
         return generate_many(self, configs, batch, enc, cache, **kw)
 
-    monkeypatch.setattr(sweep_mod.Generator, "generate_many", counting)
+    monkeypatch.setattr(HFEngine, "generate_many", counting)
     result = _run(tiny, prompts, tmp_path, strengths=None, auto=True, grid=[0.5, 1.0, 2.0], refine_steps=2,
                   margin=0.0)
     # every (configuration, prompt) answered exactly once, though the refinement ran first on part of the prompts
@@ -395,7 +400,7 @@ def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
     rec = result.recommendation
     val = {row["strength"]: row["harmful"]["validation"]["rate"] for row in result.summary if row["strength"]}
     aligned = [r for r in result.summary if r["config"] == "aligned"][0]["harmful"]["validation"]["rate"]
-    assert rec["strength"] == sweep_mod.recommend(val, aligned, 0.0)
+    assert rec["strength"] == recommend(val, aligned, 0.0)
     if rec["strength"] is not None:
         assert set(rec["test"]) == {"harmful", "benign"} and "rule" in rec
     for row in result.summary:
@@ -404,9 +409,9 @@ def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
             assert d["all"]["n"] == d["validation"]["n"] + d["test"]["n"]
             assert sum(c["n"] for c in d["by_category"].values()) == d["all"]["n"]
             assert d["all"]["low"] <= d["all"]["rate"] <= d["all"]["high"]
-    text = sweep_mod.format_table(result)
+    text = report.format_table(result)
     assert "| reference |" in text and "[" in text
-    path = sweep_mod.write_results(result, tmp_path / "results.json")
+    path = report.write_results(result, tmp_path / "results.json")
     data = json.loads(path.read_text())
     assert data["recommendation"] == json.loads(json.dumps(result.recommendation))
     assert len(data["answers"]["aligned"]) == len(prompts)
@@ -529,34 +534,35 @@ def test_engine_is_in_the_cache_key_only_when_not_hf():
     """Answers of vLLM and of the fused sampler never share a cache entry; caches written before the engine
     option existed (engine hf) keep their keys."""
     models = {"aligned": "a", "reference": "r"}
-    config = sweep_mod.tsdi_config(0.5)
-    hf = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding())
-    vllm = sweep_mod.config_key(config, models=models, bias_fp="b", decoding=sweep_mod.Decoding(engine="vllm"))
-    assert hf != vllm and "engine" not in sweep_mod.Decoding().describe()
+    config = tsdi_config(0.5)
+    hf = config_key(config, models=models, bias_fp="b", decoding=Decoding())
+    vllm = config_key(config, models=models, bias_fp="b", decoding=Decoding(engine="vllm"))
+    assert hf != vllm and "engine" not in Decoding().describe()
 
 
 def test_engine_arguments_are_checked_before_any_work(tiny, tmp_path):
     """An unknown engine, model folders vLLM cannot load and a missing bias file are named before anything is
     generated (no vLLM needed: the checks come before the engines start)."""
-    from tsdi_kernels.evaluation.vllm_engine import VllmGenerator
+    from tsdi_kernels.evaluation.vllm_engine import VllmEngine
 
     tok, aligned, reference, bias = tiny
     prompts = [Prompt("hello", "benign", split="test")]
     with pytest.raises(ValueError, match="decoding.engine must be 'hf' or 'vllm'"):
-        sweep_mod.run_sweep(aligned, reference, tok, bias, prompts, strengths=[1.0], out_dir=tmp_path / "out",
-                            decoding=sweep_mod.Decoding(engine="tgi"), progress=False, log=lambda s: None)
+        sweep_mod.run_sweep(aligned, reference, tok, bias, prompts,
+                            SweepSettings(strengths=[1.0], decoding=Decoding(engine="tgi")), out_dir=tmp_path / "out",
+                            progress=False, log=lambda s: None)
     assert not (tmp_path / "out").exists()
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     table = write(tmp_path / "bias.safetensors", "x")
-    dec = sweep_mod.Decoding(engine="vllm")
+    dec = Decoding(engine="vllm")
     with pytest.raises(ValueError, match="`aligned_dir`: .* has no config.json"):
-        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=tmp_path, reference_dir=model, bias_path=table)
+        VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=tmp_path, reference_dir=model, bias_path=table)
     with pytest.raises(ValueError, match="`reference_dir`: .* has no config.json"):
-        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=tmp_path, bias_path=table)
+        VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=tmp_path, bias_path=table)
     with pytest.raises(FileNotFoundError, match="`bias_path`: no such file"):
-        VllmGenerator(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=model,
+        VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=model,
                       bias_path=tmp_path / "nope.safetensors")
 
 

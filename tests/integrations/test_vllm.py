@@ -589,7 +589,8 @@ def test_tsdi_eval_on_vllm_gives_the_hf_engines_answers(artifacts: Artifacts, tm
 
     from tsdi_kernels import BiasTable
     from tsdi_kernels.evaluation.prompts import Prompt
-    from tsdi_kernels.evaluation.sweep import Decoding, run_sweep
+    from tsdi_kernels.evaluation.settings import Decoding, SweepSettings, VllmModels
+    from tsdi_kernels.evaluation.sweep import run_sweep
 
     half = NUM_PROMPTS // 2
     prompts = ([Prompt(t, "harmful", split="test") for t in artifacts.texts[:3]]
@@ -597,14 +598,16 @@ def test_tsdi_eval_on_vllm_gives_the_hf_engines_answers(artifacts: Artifacts, tm
     aligned = AutoModelForCausalLM.from_pretrained(artifacts.aligned, dtype=torch.float32).eval()
     reference = AutoModelForCausalLM.from_pretrained(artifacts.reference, dtype=torch.float32).eval()
     table = BiasTable.load(artifacts.bias)
-    common = dict(strengths=[0.5, 1.0], helpfulness=False, progress=False, log=lambda s: None)
+    common = dict(progress=False, log=lambda s: None)
     hf = run_sweep(aligned, reference, artifacts.tokenizer, table, prompts, out_dir=tmp_path / "hf",
-                   decoding=Decoding(max_new_tokens=MAX_TOKENS), **common)
-    engine_args = dict(aligned_dir=artifacts.aligned, reference_dir=artifacts.reference, bias_path=artifacts.bias,
-                       llm_kwargs=dict(enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES, max_model_len=1024))
+                   settings=SweepSettings(strengths=[0.5, 1.0], helpfulness=False,
+                                          decoding=Decoding(max_new_tokens=MAX_TOKENS)), **common)
+    models = VllmModels(aligned_dir=artifacts.aligned, reference_dir=artifacts.reference, bias_path=artifacts.bias,
+                        llm_kwargs=dict(enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES, max_model_len=1024))
     with engine_env():
         vl = run_sweep(aligned, reference, artifacts.tokenizer, table, prompts, out_dir=tmp_path / "vllm",
-                       decoding=Decoding(max_new_tokens=MAX_TOKENS, engine="vllm"), engine_args=engine_args,
+                       settings=SweepSettings(strengths=[0.5, 1.0], helpfulness=False, vllm=models,
+                                              decoding=Decoding(max_new_tokens=MAX_TOKENS, engine="vllm")),
                        **common)
     names = [c.name for c in hf.configs]
     assert names == [c.name for c in vl.configs] == ["reference", "aligned", "TSDI s=0.5", "TSDI s=1"]

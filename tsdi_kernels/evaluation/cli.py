@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..argtypes import nonneg_int, number, number_list, positive_int
-from .defaults import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
+from .settings import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -237,14 +237,16 @@ def bias_table(args, aligned, reference, tokenizer, log=print):
     return table, str(path)
 
 
-def vllm_engine_args(args, bias_path: str, log=print) -> dict:
+def vllm_models(args, bias_path: str, log=print):
     """The folders and file vLLM loads: --aligned / --reference, or the embedded pair exported to OUT/models once."""
+    from .settings import VllmModels
+
     if args.aligned is not None:
-        return {"aligned_dir": args.aligned, "reference_dir": args.reference, "bias_path": bias_path}
+        return VllmModels(aligned_dir=args.aligned, reference_dir=args.reference, bias_path=bias_path)
     from ..demo import export
 
     folders = export.export_pair_once(args.out / "models", log=lambda line: log("--engine vllm: " + line))
-    return {"aligned_dir": folders["aligned"], "reference_dir": folders["reference"], "bias_path": bias_path}
+    return VllmModels(aligned_dir=folders["aligned"], reference_dir=folders["reference"], bias_path=bias_path)
 
 
 def run(args) -> int:
@@ -255,7 +257,9 @@ def run(args) -> int:
     import torch
 
     from .plot import plot_pareto
-    from .sweep import Decoding, format_categories, format_recommendation, format_table, run_sweep, write_results
+    from .report import format_categories, format_recommendation, format_table, write_results
+    from .settings import Decoding, SweepSettings
+    from .sweep import run_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,14 +276,14 @@ def run(args) -> int:
     t0 = time.perf_counter()
     table, bias_source = bias_table(args, aligned, reference, tokenizer, log)
     estimate_s = time.perf_counter() - t0
-    engine_args = vllm_engine_args(args, bias_source, log) if args.engine == "vllm" else None
     decoding = Decoding(engine=args.engine, max_new_tokens=args.max_new_tokens, sample=args.sample,
                         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    result = run_sweep(aligned, reference, tokenizer, table, prompts, strengths=strengths, auto=args.auto,
-                   grid=args.grid, refine_steps=args.refine_steps, refine=args.refine, margin=args.margin / 100,
-                   decoding=decoding, batch_size=args.batch_size, judge=judge, out_dir=args.out,
-                   helpfulness=not args.no_helpfulness, progress=not args.no_progress, log=log,
-                   engine_args=engine_args)
+    settings = SweepSettings(strengths=strengths, auto=args.auto, grid=args.grid, refine_steps=args.refine_steps,
+                             refine=args.refine, margin=args.margin / 100, decoding=decoding,
+                             batch_size=args.batch_size, helpfulness=not args.no_helpfulness,
+                             vllm=vllm_models(args, bias_source, log) if args.engine == "vllm" else None)
+    result = run_sweep(aligned, reference, tokenizer, table, prompts, settings, judge=judge, out_dir=args.out,
+                       progress=not args.no_progress, log=log)
     result.timings["estimate"] = round(estimate_s, 1)
     result.timings["wall"] = round(time.perf_counter() - start, 1)
     log("\nall prompts (rates with 95% Wilson intervals; log-lik: the reference's mean per-token log-likelihood "

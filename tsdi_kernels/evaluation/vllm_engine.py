@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .hf_engine import HFEngine
 from .prompts import Prompt
-from .sweep import Config, Decoding, Generator
+from .settings import Config, Decoding
 
 
-class VllmGenerator(Generator):
-    """Generator whose generate_many runs on vLLM engines (score and encode: the HF models, as Generator)."""
+class VllmEngine(HFEngine):
+    """An engine whose generate_many runs on vLLM engines (score and encode: the HF models, as HFEngine)."""
 
     def __init__(self, aligned, reference, tokenizer, bias, decoding: Decoding, *, aligned_dir, reference_dir,
                  bias_path, llm_kwargs: Optional[dict] = None, share_prefill: bool = True):

@@ -1,0 +1,63 @@
+"""A sweep's report: markdown tables, the recommendation in words, and results.json (written atomically with the
+user's umask). The plot is plot.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..pipeline.files import atomic_write
+from .result import SweepResult
+
+
+def _pct(d: dict) -> str:
+    if not d or not d.get("n"):
+        return "n/a"
+    return f"{100 * d['rate']:.1f}% [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
+
+
+def format_table(result: SweepResult, split: str = "all") -> str:
+    """Markdown: per configuration, benign and harmful refusal (95% Wilson intervals) and the helpfulness proxy."""
+    n_b = result.summary[0]["benign"][split]["n"]
+    n_h = result.summary[0]["harmful"][split]["n"]
+    rec = result.recommendation.get("strength")
+    lines = [f"| config | benign refused (over-refusal, n={n_b}) | harmful refused (safety, n={n_h}) | "
+             "benign answer log-lik (reference) |", "|---|---:|---:|---:|"]
+    for row in result.summary:
+        ll = row["benign_loglik"]
+        ll_text = "n/a" if ll["mean"] is None else (
+            f"{ll['mean']:.2f} [{ll['low']:.2f}, {ll['high']:.2f}]" if ll["low"] is not None else f"{ll['mean']:.2f}")
+        name = row["config"] + (" (recommended)" if rec is not None and row["strength"] == rec else "")
+        lines.append(f"| {name} | {_pct(row['benign'][split])} | {_pct(row['harmful'][split])} | {ll_text} |")
+    return "\n".join(lines)
+
+
+def format_categories(result: SweepResult, label: str) -> str:
+    cats = list(result.summary[0][label]["by_category"])
+    head = "| config | " + " | ".join(f"{c} (n={result.summary[0][label]['by_category'][c]['n']})" for c in cats) + " |"
+    lines = [head, "|---|" + "---:|" * len(cats)]
+    for row in result.summary:
+        cells = [f"{100 * row[label]['by_category'][c]['rate']:.0f}%" for c in cats]
+        lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_recommendation(result: SweepResult) -> str:
+    rec = result.recommendation
+    if rec.get("strength") is None:
+        return f"recommended strength: none ({rec.get('reason', '')}); rule: {rec.get('rule', '')}"
+    t, a = rec["test"], rec["aligned_test"]
+    text = (f"recommended strength: {rec['strength']:g} ({rec['rule']}).\n"
+            f"  test split: harmful refused {_pct(t['harmful'])} (aligned {_pct(a['harmful'])}), "
+            f"benign refused {_pct(t['benign'])} (aligned {_pct(a['benign'])})")
+    if "test_over_refusal_reduction" in rec:
+        text += f"; over-refusal cut by {100 * rec['test_over_refusal_reduction']:.0f}%"
+    return text
+
+
+def write_results(result: SweepResult, path: Path, extra: Optional[dict] = None) -> Path:
+    """results.json: `extra` (how the run was made), then the settings, summary, recommendation and every answer."""
+    text = json.dumps({**(extra or {}), **result.to_json()}, indent=1, ensure_ascii=False)
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
