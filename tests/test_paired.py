@@ -180,7 +180,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="equal lengths"):
         Paired.from_outcomes([True], [True, False])
     with pytest.raises(ValueError, match="margin"):
-        prompts_needed(1, 0, 10, margin=0)
+        prompts_needed(1, 0, 10, margin=-0.1)
     with pytest.raises(ValueError, match="margin"):
         recommend_strength({0.5: Paired(0, 0, 10)}, margin=5)
     with pytest.raises(ValueError, match="Paired"):
@@ -237,5 +237,8 @@ def test_rule_none_qualifies():
     rec = recommend_strength({0.25: Paired(5, 0, 76)}, 0.05)
     assert rec["strength"] is None and rec["prompts_needed"] is None and "would not help" in rec["reason"]
     assert recommend_strength({}, 0.05)["reason"] == "no strength > 0 was evaluated"
+    # a margin of 0 cannot be met by a bound, which is > 0 whenever no pair favours the debiased model
+    rec = recommend_strength({0.25: Paired(0, 0, 1000)}, 0.0)
+    assert rec["strength"] is None and rec["prompts_needed"] is None
     # a wider margin accepts what a narrow one refuses
     assert recommend_strength({0.25: Paired(1, 0, 76)}, 0.06)["strength"] == 0.25

@@ -172,8 +172,8 @@ def prompts_needed(b: int, c: int, n: int, margin: float, confidence: float = 0.
     discordant pair the bound is z^2 / (N + z^2), so N = z^2 (1 - margin) / margin, rounded up (52 at a 5% margin)."""
     _check_counts(b, c, n)
     _check_confidence(confidence)
-    if not 0 < margin < 1:
-        raise ValueError(f"margin must be in (0, 1), got {margin!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        raise ValueError(f"margin must be in [0, 1] (a rate difference), got {margin!r}")
     if (b - c) / n >= margin:
         return None
     z = NormalDist().inv_cdf(confidence)
@@ -211,8 +211,8 @@ def recommend_strength(losses: Mapping[float, Paired], margin: float, confidence
     beside each strength. Returns {"strength": s or None, "rule", "margin", "confidence", "method", "strengths":
     [per evaluated strength: loss, upper bound, within margin, prompts needed, benefit]} and, when no strength
     > 0 qualifies, "reason" and "prompts_needed" (for the smallest strength, the first one the rule tests)."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
-        raise ValueError(f"margin must be in (0, 1) (a rate difference), got {margin!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        raise ValueError(f"margin must be in [0, 1] (a rate difference), got {margin!r}")
     _check_confidence(confidence)
     for s, p in losses.items():
         if not isinstance(p, Paired):
