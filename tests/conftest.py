@@ -32,6 +32,12 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The suite's own model cache (tsdi_kernels.demo.models.cache_dir), set before any test runs and inherited by the
+# commands tests start: the converted SmolLM2 is written once into the checkout's git-ignored .test-cache/ and kept
+# between runs, and no test reads or writes the user's (~/.cache/tsdi_kernels, or a $TSDI_CACHE set outside).
+TEST_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".test-cache", "tsdi_kernels")
+os.environ["TSDI_CACHE"] = TEST_CACHE
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels"))  # as pytest does for them
 from kernel_testing import REFERENCE, Kernel, kernel_names, op_backends, single_thread  # noqa: E402
 from tsdi_kernels.kernels import library  # noqa: E402  (after TRITON_INTERPRET)
