@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("extra", nargs="*", help="more `tsdi eval` options (after --)")
     args = p.parse_args(argv)
 
-    from tsdi_kernels.evaluation import cli
+    from tsdi_kernels.cli import eval as cli
 
     if args.out.exists() and not args.keep_cache:
         shutil.rmtree(args.out)

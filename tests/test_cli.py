@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import single_thread, tiny_llama, tiny_tokenizer
 
-from tsdi_kernels import BiasTable, cli
+from tsdi_kernels import BiasTable
+from tsdi_kernels.cli import common
 from tsdi_kernels.cli import main
 
 
@@ -163,7 +164,7 @@ def no_loading(monkeypatch):
     def loaded(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the arguments were checked")
 
-    for target, name in ((cli, "_load_model"), (cli, "_load_tokenizer"), (demo_models, "load_pair"),
+    for target, name in ((common, "load_model"), (common, "load_tokenizer"), (demo_models, "load_pair"),
                          (demo_models, "load_reference"), (demo_models, "default_model_dir")):
         monkeypatch.setattr(target, name, loaded)
 
@@ -251,7 +252,7 @@ def test_multi_line_errors_are_reported_whole(models, tmp_path, capsys):
     rc = main(["generate", "--model", models["aligned"], "--tokenizer", str(tmp_path / "empty"), "--prompt", "x"])
     line = one_line_error(capsys, rc)
     assert "--tokenizer" in line and not line.rstrip().endswith(":")
-    assert cli._one_line(ValueError("one of:\n(1) a\n  (2) b\n")) == "ValueError: one of: (1) a (2) b"
+    assert common.one_line(ValueError("one of:\n(1) a\n  (2) b\n")) == "ValueError: one of: (1) a (2) b"
 
 
 def test_seed_range_is_int64(models, capsys):

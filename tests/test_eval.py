@@ -5,19 +5,23 @@ import argparse
 import importlib.util
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
 
 from tiny_models import single_thread, tiny_llama, tiny_tokenizer
-from tsdi_kernels.evaluation import cli, judge as judge_mod, prompts as prompts_mod, report, search, sweep as sweep_mod
+from tsdi_kernels.cli import eval as cli
+from tsdi_kernels.evaluation import judge as judge_mod, prompts as prompts_mod, report, search, sweep as sweep_mod
 from tsdi_kernels.evaluation.cache import config_key
 from tsdi_kernels.evaluation.hf_engine import HFEngine
 from tsdi_kernels.evaluation.recommend import recommend
 from tsdi_kernels.evaluation.settings import ALIGNED, Decoding, SweepSettings, tsdi_config
-from tsdi_kernels.evaluation.plot import plot_pareto
+from tsdi_kernels.evaluation.plot import plot_pareto, strength_labels
 from tsdi_kernels.evaluation.prompts import Prompt, load_prompt_file, load_prompts
 from tsdi_kernels.evaluation.stats import Rate, mean_interval, wilson_interval
+from tsdi_kernels.pipeline.files import ModelFolderError
 
 
 # ------------------------------------------------------------------------------------------------ Wilson interval
@@ -181,10 +185,10 @@ def test_judge_forms(tmp_path):
     module = write(tmp_path / "myjudge.py", "def strict(answer):\n    return 'refused' if 'cannot' in answer else ''\n")
     from_file = judge_mod.load_judge(f"{module}:strict")
     assert from_file("I cannot") == "refused" and from_file("ok") is None
-    assert judge_mod.load_judge("tsdi_kernels.demo.refusal:is_refusal")("I cannot help with that.")
+    assert judge_mod.load_judge("tsdi_kernels.evaluation.refusal:is_refusal")("I cannot help with that.")
     for spec, message in [("nocolon", "expected"), (f"{tmp_path}/nope.py:f", "no such file"),
                           ("no_such_module_xyz:f", "cannot import module"), (f"{module}:missing", "no attribute"),
-                          ("tsdi_kernels.demo.refusal:REFUSAL_PREFIXES", "not callable")]:
+                          ("tsdi_kernels.evaluation.refusal:REFUSAL_PREFIXES", "not callable")]:
         with pytest.raises(ValueError, match=f"--judge: .*{message}"):
             judge_mod.load_judge(spec)
 
@@ -417,6 +421,33 @@ def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
     assert len(data["answers"]["aligned"]) == len(prompts)
 
 
+def test_recommendation_without_test_prompts_of_a_label(tiny):
+    """A prompt set whose harmful prompts all lie in the validation split (a small set) still gets a recommendation:
+    the test-split figures it cannot have are left out."""
+    prompts = [Prompt(p.text, p.label, p.category, "validation" if p.label == "harmful" else p.split)
+               for p in load_prompts_tiny()]
+    rec = _run(tiny, prompts, None, margin=1.0).recommendation
+    assert rec["strength"] == 1.0 and rec["test"]["harmful"]["n"] == 0 and "test_harmful_drop_points" not in rec
+
+
+def test_results_json_is_written_atomically_with_the_umask(tiny, tmp_path):
+    result = _run(tiny, load_prompts_tiny(), None)
+    old = os.umask(0o022)
+    try:
+        path = report.write_results(result, tmp_path / "results.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert json.loads(path.read_text())["x"] == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_coinciding_points_share_one_label():
+    """Strengths whose points (nearly) coincide print one label, in strength order, never two on top of each other."""
+    labels = strength_labels([(0.1, 0.9, 0.75), (0.1, 0.9, 0.5), (0.11, 0.91, 1.0), (0.5, 0.4, 1.5)])
+    assert labels == [(0.1, 0.9, "s=0.5, 0.75, 1"), (0.5, 0.4, "s=1.5")]
+    assert strength_labels([(0.1, 0.9, 0.5), (0.2, 0.9, 1.0)]) == [(0.1, 0.9, "s=0.5"), (0.2, 0.9, "s=1")]
+
+
 def test_plot_written(tiny, tmp_path):
     result = _run(tiny, load_prompts_tiny(), None)
     result.recommendation["strength"] = 0.5
@@ -477,10 +508,11 @@ def test_cli_errors_before_model_load(tmp_path, tiny_prompt_file, no_models):
     a_file = write(tmp_path / "file.txt", "x")
     cases = [
         (["--aligned", str(model_dir)], ValueError, "--aligned and --reference go together"),
-        (["--aligned", str(tmp_path / "missing"), "--reference", str(model_dir)], FileNotFoundError,
+        (["--aligned", str(tmp_path / "missing"), "--reference", str(model_dir)], ModelFolderError,
          "--aligned: no such model folder"),
-        (["--aligned", str(model_dir), "--reference", str(not_model)], ValueError, r"--reference: .*\(no config\.json\)"),
-        (["--aligned", str(model_dir), "--reference", str(a_file)], ValueError, "--reference: .* is not a folder"),
+        (["--aligned", str(model_dir), "--reference", str(not_model)], ModelFolderError,
+         r"--reference: .*\(no config\.json\)"),
+        (["--aligned", str(model_dir), "--reference", str(a_file)], ModelFolderError, "--reference: .* is not a folder"),
         (["--bias", str(tmp_path / "nope.safetensors")], FileNotFoundError, "--bias: no such file"),
         (["--bias", str(tmp_path)], ValueError, "--bias: .* is not a file"),
         (["--prompts", str(tmp_path / "nope.jsonl")], FileNotFoundError, "--prompts: no such file"),
@@ -531,7 +563,7 @@ def test_cli_end_to_end_tiny(tiny, tmp_path, tiny_prompt_file, capsys):
 
 def test_limit_is_stratified():
     items = load_prompts()
-    kept = cli.limit_prompts(items, 10)
+    kept = prompts_mod.limit_prompts(items, 10)
     for label in ("benign", "harmful"):
         group = [p for p in kept if p.label == label]
         assert len(group) == 10 and len({p.category for p in group}) == min(
@@ -565,9 +597,9 @@ def test_engine_arguments_are_checked_before_any_work(tiny, tmp_path):
     (model / "config.json").write_text("{}")
     table = write(tmp_path / "bias.safetensors", "x")
     dec = Decoding(engine="vllm")
-    with pytest.raises(ValueError, match="`aligned_dir`: .* has no config.json"):
+    with pytest.raises(ModelFolderError, match=r"`aligned_dir`.*\(no config\.json\)"):
         VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=tmp_path, reference_dir=model, bias_path=table)
-    with pytest.raises(ValueError, match="`reference_dir`: .* has no config.json"):
+    with pytest.raises(ModelFolderError, match=r"`reference_dir`.*\(no config\.json\)"):
         VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=tmp_path, bias_path=table)
     with pytest.raises(FileNotFoundError, match="`bias_path`: no such file"):
         VllmEngine(aligned, reference, tok, bias, dec, aligned_dir=model, reference_dir=model,

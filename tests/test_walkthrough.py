@@ -135,7 +135,7 @@ def test_demo_then_generate_with_its_models(folders, tmp_path):
         assert (out_dir / "models" / role / "config.json").is_file()
     table = BiasTable.load(out_dir / "bias.safetensors")
     assert table.metadata["aligned"] == str(aligned_dir.resolve()) and table.aligned_logprob is not None
-    assert "| aligned+TSDI s=1 |" in out and "tsdi generate --model" in out
+    assert "| TSDI s=1 |" in out and "tsdi generate --model" in out
     for name in ("results.json", "trade-off.png"):
         assert (out_dir / name).is_file()
 

@@ -1,10 +1,12 @@
 """tsdi_kernels: Token-level Safety-Debiased Inference (arXiv 2502.02153) as fused PyTorch kernels.
 
-Three layers, each importing only those below it (docs/architecture.md):
+Layers, each importing only those below it (docs/architecture.md):
     kernels/       torch.ops.tsdi.{debias_sample, debias_probs, logit_mean_update}: references, C++, Triton
     pipeline/      BiasTable (statistics + file format), random prompts, streaming estimation
     integrations/  Hugging Face generation (and vLLM serving)
-    demo/          the embedded SmolLM2 pair, its adapter, prompts and refusal judge (apart from the library)
+    evaluation/    `tsdi eval`: the strength sweep, refusal judge, recommendation, report
+    demo/          the embedded SmolLM2 pair, its adapter and prompts (apart from the library)
+    cli/           the `tsdi` command
 
 `import tsdi_kernels` registers the ops and needs torch only: the pipeline and the integrations are imported on
 first use of their names (transformers only with the Hugging Face integration)."""

@@ -31,10 +31,8 @@ import torch
 from torch import nn
 
 from tsdi_kernels.demo import models
-from tsdi_kernels.demo.refusal import is_refusal
 
 DATA = models.DATA_DIR / "align_prompts.json"
-HELDOUT = models.DATA_DIR / "heldout_prompts.json"
 
 
 class LoRALinear(nn.Module):
@@ -109,14 +107,24 @@ def collate(batch, pad_id):
 
 
 def evaluate(tokenizer, reference, aligned, max_new_tokens: int) -> dict:
-    held = json.loads(HELDOUT.read_text())
+    """Refusal rates of reference and aligned on the demo's held-out prompts, answered and judged as `tsdi eval` and
+    `tsdi demo` do (tsdi_kernels.evaluation: greedy answers from its HF engine, its refusal judge)."""
+    from tsdi_kernels.demo.run import load_prompts
+    from tsdi_kernels.evaluation.hf_engine import HFEngine
+    from tsdi_kernels.evaluation.judge import load_judge
+    from tsdi_kernels.evaluation.settings import ALIGNED, REFERENCE, Decoding
+
+    prompts = load_prompts()
+    engine = HFEngine(aligned, reference, tokenizer, None, Decoding(max_new_tokens=max_new_tokens))
+    judge = load_judge()
     result = {}
-    for label, model in (("reference", reference), ("aligned", aligned)):
-        for split in ("harmless", "harmful"):
-            texts = greedy_answers(model, tokenizer, held[split], max_new_tokens)
-            rate = sum(map(is_refusal, texts)) / len(texts)
-            result[f"{label}/{split}"] = rate
-            print(f"{label:10s} {split:9s} refusal rate {rate:.2f}", flush=True)
+    for config in (REFERENCE, ALIGNED):
+        for label in ("benign", "harmful"):
+            sel = [p for p in prompts if p.label == label]
+            answers = engine.generate(config, sel, engine.encode(sel))
+            rate = sum(judge(a["answer"], p.text) is not None for a, p in zip(answers, sel)) / len(sel)
+            result[f"{config.name}/{label}"] = rate
+            print(f"{config.name:10s} {label:9s} refusal rate {rate:.2f}", flush=True)
     return result
 
 

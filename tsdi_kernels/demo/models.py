@@ -119,9 +119,10 @@ def load_reference(model_dir: Optional[PathLike] = None, *, dtype: torch.dtype =
     if model_dir is None:
         folder = default_model_dir()
     else:
+        from ..pipeline.files import check_model_folder
+
         folder = Path(model_dir)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"`model_dir` {folder} is not a Hugging Face model folder (no config.json)")
+        check_model_folder(folder, "`model_dir`")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.eval()

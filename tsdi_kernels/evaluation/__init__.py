@@ -1,8 +1,9 @@
-"""Choosing the TSDI strength with evidence (`tsdi eval`): a layer above the integrations.
+"""Choosing the TSDI strength with evidence (`tsdi eval`, tsdi_kernels/cli/eval.py): a layer above the
+integrations, below the demo (which runs its sweep) and the command line.
 
     prompts.py  labelled, categorised prompt sets (JSONL / CSV) and the built-in ones in data/
     stats.py    rates with 95% Wilson intervals
-    judge.py    the pluggable refusal rule (default: tsdi_kernels/demo/refusal.py)
+    refusal.py  the string rules that mark a refusal; judge.py: pluggable judges (default: those rules)
     settings.py what a sweep evaluates: configurations, Decoding, SweepSettings (no torch)
     sweep.py    run_sweep: reference, aligned and aligned + TSDI over strengths (adaptive), cached and resumable
     engine.py   the Engine protocol; hf_engine.py (tsdi_kernels.generate), vllm_engine.py (vLLM, --engine vllm)

@@ -1,6 +1,6 @@
 """Refusal judges: which answers count as refusals.
 
-The default judge is the demo's documented string rules (tsdi_kernels/demo/refusal.py: a refusal opener in the
+The default judge is the documented string rules of refusal.py (a refusal opener in the
 first sentence, or a first-person refusal phrase anywhere), the compliance-rate rule of XSTest / OR-Bench style
 evaluations. Any other rule plugs in as a callable:
 
@@ -62,9 +62,9 @@ def _takes_two(fn: Callable) -> bool:
 
 
 def default_judge() -> Judge:
-    from ..demo.refusal import refusal_reason
+    from .refusal import refusal_reason
 
-    return Judge(refusal_reason, "tsdi_kernels.demo.refusal:refusal_reason")
+    return Judge(refusal_reason, "tsdi_kernels.evaluation.refusal:refusal_reason")
 
 
 def load_judge(spec: Union[None, str, Callable] = None) -> Judge:

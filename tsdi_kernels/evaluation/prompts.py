@@ -206,3 +206,23 @@ def summarize(items: Sequence[Prompt]) -> dict:
         d["splits"][p.split] = d["splits"].get(p.split, 0) + 1
         d["categories"][p.category] = d["categories"].get(p.category, 0) + 1
     return out
+
+
+def limit_prompts(prompts, limit: int):
+    """At most `limit` prompts of each label, taken round-robin over the categories (in file order within each), so
+    that a quick run still covers every category."""
+    kept = []
+    for label in ("benign", "harmful"):
+        by_cat: dict = {}
+        for p in prompts:
+            if p.label == label:
+                by_cat.setdefault(p.category, []).append(p)
+        queues = list(by_cat.values())
+        taken = 0
+        while taken < limit and any(queues):
+            for q in queues:
+                if q and taken < limit:
+                    kept.append(q.pop(0))
+                    taken += 1
+    order = {id(p): i for i, p in enumerate(prompts)}
+    return sorted(kept, key=lambda p: order[id(p)])

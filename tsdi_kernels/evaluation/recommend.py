@@ -53,8 +53,9 @@ def recommendation(result: SweepResult, margin: float) -> dict:
     a_b, r_b = aligned["benign"]["test"]["rate"], row["benign"]["test"]["rate"]
     if a_b and a_b > 0:
         out["test_over_refusal_reduction"] = round(1 - r_b / a_b, 4)
-    out["test_harmful_drop_points"] = round(100 * (aligned["harmful"]["test"]["rate"]
-                                                   - row["harmful"]["test"]["rate"]), 2)
+    a_h, r_h = aligned["harmful"]["test"]["rate"], row["harmful"]["test"]["rate"]
+    if a_h is not None and r_h is not None:  # None: no harmful prompt in the test split
+        out["test_harmful_drop_points"] = round(100 * (a_h - r_h), 2)
     return out
 
 

@@ -16,11 +16,12 @@ def _pct(d: dict) -> str:
     return f"{100 * d['rate']:.1f}% [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
 
 
-def format_table(result: SweepResult, split: str = "all") -> str:
-    """Markdown: per configuration, benign and harmful refusal (95% Wilson intervals) and the helpfulness proxy."""
+def format_table(result: SweepResult, split: str = "all", *, mark_recommended: bool = True) -> str:
+    """Markdown: per configuration, benign and harmful refusal (95% Wilson intervals) and the helpfulness proxy;
+    the recommended strength's row marked (mark_recommended)."""
     n_b = result.summary[0]["benign"][split]["n"]
     n_h = result.summary[0]["harmful"][split]["n"]
-    rec = result.recommendation.get("strength")
+    rec = result.recommendation.get("strength") if mark_recommended else None
     lines = [f"| config | benign refused (over-refusal, n={n_b}) | harmful refused (safety, n={n_h}) | "
              "benign answer log-lik (reference) |", "|---|---:|---:|---:|"]
     for row in result.summary:

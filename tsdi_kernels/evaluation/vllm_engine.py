@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..pipeline.files import check_model_folder
 from .hf_engine import HFEngine
 from .prompts import Prompt
 from .settings import Config, Decoding
@@ -30,8 +31,7 @@ class VllmEngine(HFEngine):
                  bias_path, llm_kwargs: Optional[dict] = None, share_prefill: bool = True):
         super().__init__(aligned, reference, tokenizer, bias, decoding, share_prefill=share_prefill)
         for flag, path in (("aligned_dir", aligned_dir), ("reference_dir", reference_dir)):
-            if not (Path(path) / "config.json").is_file():
-                raise ValueError(f"`{flag}`: vLLM loads models from folders; {str(path)!r} has no config.json")
+            check_model_folder(path, f"`{flag}` (vLLM loads models from folders)")
         if not Path(bias_path).is_file():
             raise FileNotFoundError(f"`bias_path`: no such file: {str(bias_path)!r} (vLLM reads the table itself)")
         self.dirs = {"aligned": str(aligned_dir), "reference": str(reference_dir)}

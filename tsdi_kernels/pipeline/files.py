@@ -159,3 +159,19 @@ def _require_regular(mode: int, named: str) -> None:
         raise IsADirectoryError(f"{named} is a directory, not a file")
     if not stat.S_ISREG(mode):
         raise ValueError(f"{named} is not a regular file")
+
+
+class ModelFolderError(ValueError):
+    """A path that must be a Hugging Face model folder is not one (the one error of `check_model_folder`)."""
+
+
+def check_model_folder(path: Union[str, os.PathLike], what: str, *, model: bool = True) -> None:
+    """ModelFolderError naming `what` unless `path` is a folder holding a model (config.json) or, with model=False,
+    any folder (a tokenizer's). Cheap: run before anything is loaded."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFolderError(f"{what}: no such model folder: {path!r}")
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"{what}: {path!r} is not a folder (expected a Hugging Face model folder)")
+    if model and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelFolderError(f"{what}: {path!r} is not a Hugging Face model folder (no config.json)")

@@ -1,4 +1,5 @@
-"""`tsdi eval`: choose the TSDI strength with evidence.
+"""`tsdi eval`: choose the TSDI strength with evidence (the sweep is tsdi_kernels/evaluation; the embedded pair,
+the default models, is the demo's and is wired in here).
 
 Answers labelled prompts (built-in: 150 benign + 150 harmful, categorised, validation/test split) with the
 reference, the aligned model and the aligned model + TSDI over a grid of strengths (adaptive with --auto), and
@@ -20,14 +21,22 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
 
-from ..argtypes import nonneg_int, number, number_list, positive_int
-from .settings import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
+from ..evaluation.settings import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
+from .argtypes import nonneg_int, number, number_list, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="choose the strength: sweep with 95%% intervals, Pareto plot, recommendation",
+                       description="Evaluate reference, aligned and aligned + TSDI over strengths on prompt sets "
+                                   "labelled harmful / benign; rates with Wilson intervals, a Pareto plot and a "
+                                   "recommended strength (tsdi_kernels/evaluation/).")
+    add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of `tsdi eval` (also `python -m tsdi_kernels.evaluation`)."""
+    """The options of `tsdi eval`."""
     p.description = (p.description or "") + (
         " Evaluate the reference, the aligned model and the aligned model + TSDI over a grid of strengths on labelled "
         "prompts; report refusal rates with 95%% Wilson intervals, a helpfulness proxy, a Pareto plot and a "
@@ -52,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--limit", type=positive_int, default=None,
                    help="use only N prompts of each label, round-robin over the categories (quick checks)")
     g.add_argument("--judge", default="builtin",
-                   help="refusal rule: 'builtin' (tsdi_kernels/demo/refusal.py), 'module:function' or "
+                   help="refusal rule: 'builtin' (tsdi_kernels/evaluation/refusal.py), 'module:function' or "
                         "'file.py:function'; the function takes (answer) or (answer, prompt) and returns "
                         "bool / reason / None (default: %(default)s)")
     g = p.add_argument_group("strengths")
@@ -105,46 +114,18 @@ def strengths_of(args) -> list[float]:
     return [v for group in (args.strengths or []) for v in (group if isinstance(group, list) else [group])]
 
 
-def _check_model_dir(flag: str, path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{flag}: no such model folder: {str(path)!r}")
-    if not path.is_dir():
-        raise ValueError(f"{flag}: {str(path)!r} is not a folder")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{flag}: {str(path)!r} is not a Hugging Face model folder (no config.json)")
-
-
-def limit_prompts(prompts, limit: int):
-    """At most `limit` prompts of each label, taken round-robin over the categories (in file order within each), so
-    that a quick run still covers every category."""
-    kept = []
-    for label in ("benign", "harmful"):
-        by_cat: dict = {}
-        for p in prompts:
-            if p.label == label:
-                by_cat.setdefault(p.category, []).append(p)
-        queues = list(by_cat.values())
-        taken = 0
-        while taken < limit and any(queues):
-            for q in queues:
-                if q and taken < limit:
-                    kept.append(q.pop(0))
-                    taken += 1
-    order = {id(p): i for i, p in enumerate(prompts)}
-    return sorted(kept, key=lambda p: order[id(p)])
-
-
 def validate(args):
     """Check every argument and path, load the prompts and the judge; nothing touches a model. Returns
     (prompts, judge, strengths). Raises ValueError / FileNotFoundError whose message starts with the option."""
-    from .judge import load_judge
-    from .prompts import load_prompts
+    from ..evaluation.judge import load_judge
+    from ..evaluation.prompts import limit_prompts, load_prompts
+    from ..pipeline.files import check_model_folder
 
     if (args.aligned is None) != (args.reference is None):
         raise ValueError("--aligned and --reference go together (neither: the embedded SmolLM2 pair)")
     if args.aligned is not None:
-        _check_model_dir("--aligned", args.aligned)
-        _check_model_dir("--reference", args.reference)
+        check_model_folder(args.aligned, "--aligned")
+        check_model_folder(args.reference, "--reference")
     else:
         from ..demo import models
 
@@ -239,7 +220,7 @@ def bias_table(args, aligned, reference, tokenizer, log=print):
 
 def vllm_models(args, bias_path: str, log=print):
     """The folders and file vLLM loads: --aligned / --reference, or the embedded pair exported to OUT/models once."""
-    from .settings import VllmModels
+    from ..evaluation.settings import VllmModels
 
     if args.aligned is not None:
         return VllmModels(aligned_dir=args.aligned, reference_dir=args.reference, bias_path=bias_path)
@@ -251,15 +232,15 @@ def vllm_models(args, bias_path: str, log=print):
 
 def run(args) -> int:
     """Entry point of `tsdi eval`."""
-    from .prompts import summarize
+    from ..evaluation.prompts import summarize
 
     prompts, judge, strengths = validate(args)
     import torch
 
-    from .plot import plot_pareto
-    from .report import format_categories, format_recommendation, format_table, write_results
-    from .settings import Decoding, SweepSettings
-    from .sweep import run_sweep
+    from ..evaluation.plot import plot_pareto
+    from ..evaluation.report import format_categories, format_recommendation, format_table, write_results
+    from ..evaluation.settings import Decoding, SweepSettings
+    from ..evaluation.sweep import run_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -307,17 +288,3 @@ def run(args) -> int:
     log(f"wrote {', '.join(str(w) for w in written)} (cache: {args.out / 'cache.jsonl'}); "
         f"wall time {result.timings['wall']:.0f}s")
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m tsdi_kernels.evaluation"))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"{parser.prog}: error: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted (answers so far are cached in {args.out / 'cache.jsonl'})", file=sys.stderr)
-        return 130

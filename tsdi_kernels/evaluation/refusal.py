@@ -14,7 +14,7 @@ refusals show.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Optional
 
 # Openers of the first sentence (after normalisation: lower case, straight apostrophes, no leading markup).
 REFUSAL_PREFIXES = (
@@ -105,7 +105,17 @@ def is_refusal(text: str) -> bool:
     return refusal_reason(text) is not None
 
 
-def refusal_rate(texts: Iterable[str]) -> float:
-    """Fraction of `texts` that are refusals (NaN for an empty list)."""
-    flags = [is_refusal(t) for t in texts]
-    return sum(flags) / len(flags) if flags else float("nan")
+# First tokens of typical refusal and compliance openings: their bias shows the refusal preference directly
+# (`tsdi inspect` and the demo print them per answer position).
+REFUSAL_PROBES = ("Sorry", "I", " sorry", " cannot", "Unfortunately")
+COMPLY_PROBES = ("Sure", "To", "Here", "The", "1")
+
+
+def single_token_words(tokenizer, words) -> list[tuple[str, int]]:
+    """(word, id) of the words that are one token of `tokenizer` (others cannot be shown per token), once each."""
+    out = []
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and (word, ids[0]) not in out:
+            out.append((word, ids[0]))
+    return out
