@@ -16,7 +16,8 @@ from tsdi_kernels.cli import eval as cli
 from tsdi_kernels.evaluation import judge as judge_mod, prompts as prompts_mod, report, search, sweep as sweep_mod
 from tsdi_kernels.evaluation.cache import config_key
 from tsdi_kernels.evaluation.hf_engine import HFEngine
-from tsdi_kernels.evaluation.recommend import recommend
+from tsdi_kernels.evaluation.paired import Paired, recommend_strength
+from tsdi_kernels.evaluation.recommend import recommendation
 from tsdi_kernels.evaluation.settings import ALIGNED, Decoding, SweepSettings, tsdi_config
 from tsdi_kernels.evaluation.plot import plot_pareto, strength_labels
 from tsdi_kernels.evaluation.prompts import Prompt, load_prompt_file, load_prompts
@@ -194,36 +195,33 @@ def test_judge_forms(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ recommendation
-def test_recommend_rule():
-    rec = recommend
-    # aligned 0.97: the threshold with a 5-point margin is 0.92
-    rates = {0.25: 0.96, 0.5: 0.94, 0.75: 0.83, 1.0: 0.57, 1.5: 0.23}
-    assert rec(rates, 0.97, 0.05) == 0.5
-    assert rec(rates, 0.97, 0.15) == 0.75
-    assert rec(rates, 0.97, 0.0) is None  # even 0.25 loses a point
-    assert rec({0.5: 0.92}, 0.97, 0.05) == 0.5  # exactly at the threshold counts as within
-    # the largest strength such that every smaller one is within: a noisy recovery above does not count
-    assert rec({0.5: 0.95, 1.0: 0.80, 1.5: 0.96}, 0.97, 0.05) == 0.5
-    assert rec({}, 0.9, 0.05) is None
-
-
 def test_next_strength_rules():
     nxt = search.next_strength
-    grid = {0.25: 0.96, 0.5: 0.94, 1.0: 0.57, 1.5: 0.23}
-    # threshold: between the last strength within the margin (0.5) and the next (1.0)
-    assert nxt(grid, 0.97, 0.05, "threshold") == 0.75
-    assert nxt({**grid, 0.75: 0.83}, 0.97, 0.05, "threshold") == 0.625
+    n = 76
+    ok, lost = Paired(0, 0, n), Paired(6, 0, n)  # bound 3.4 points (within 5); 7.9 points lost (outside)
+    grid = {0.25: ok, 0.5: ok, 1.0: lost, 1.5: lost}
+    # threshold: bisect the recommendation's bracket, between the recommended strength (0.5) and the next (1.0) ...
+    assert nxt(grid, 0.05, "threshold") == 0.75
+    assert nxt({**grid, 0.75: lost}, 0.05, "threshold") == 0.625
+    assert nxt({**grid, 0.75: ok}, 0.05, "threshold") == 0.875
+    # ... until it is 1/16 wide: 0.5 -> 0.75 -> 0.625 -> 0.5625 is resolved, not the grid's 0.5 -> 1
+    assert nxt({**grid, 0.75: lost, 0.625: lost}, 0.05, "threshold") == 0.5625
+    assert nxt({**grid, 0.75: lost, 0.625: lost, 0.5625: lost}, 0.05, "threshold") is None
+    # a failure below stops the rule there (fixed sequence), so the bracket is below it even if 1.0 were within
+    assert nxt({0.25: ok, 0.5: lost, 1.0: ok}, 0.05, "threshold") == 0.375
     # every strength within the margin: look further up
-    assert nxt({0.25: 0.97, 0.5: 0.96}, 0.97, 0.05, "threshold") == 1.0
+    assert nxt({0.25: ok, 0.5: ok}, 0.05, "threshold") == 1.0
     # not even the smallest: bisect (0, smallest)
-    assert nxt({0.25: 0.5}, 0.97, 0.05, "threshold") == 0.125
-    # knee: where harmful refusal drops most (0.5 -> 1.0 drops 37 points)
-    assert nxt(grid, 0.97, 0.05, "knee") == 0.75
-    assert nxt({0.25: 0.96, 0.5: 0.94, 0.75: 0.83, 1.0: 0.57, 1.5: 0.23}, 0.97, 0.05, "knee") == 1.25
-    # nothing wider than the minimum interval left
-    assert nxt({0.01: 0.5}, 0.97, 0.05, "knee") is None
+    assert nxt({0.25: lost}, 0.05, "threshold") == 0.125
+    assert nxt({0.0625: lost}, 0.05, "threshold") is None
+    # knee: where the loss of harmful refusal rises most (0.5 -> 1.0: 0 -> 37 points)
+    knee = {0.25: Paired(1, 0, 100), 0.5: Paired(3, 0, 100), 1.0: Paired(40, 0, 100), 1.5: Paired(74, 0, 100)}
+    assert nxt(knee, 0.05, "knee") == 0.75
+    assert nxt({**knee, 0.75: Paired(14, 0, 100)}, 0.05, "knee") == 1.25  # 1.0 -> 1.5 (34) now rises most
+    # nothing wider than the resolution left
+    assert nxt({0.05: Paired(50, 0, 100)}, 0.05, "knee") is None
     with pytest.raises(ValueError, match="refine"):
-        nxt(grid, 0.97, 0.05, "middle")
+        nxt(grid, 0.05, "middle")
 
 
 # ------------------------------------------------------------------------------------------------ sweep on tiny models
@@ -401,12 +399,35 @@ def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
     strengths = result.settings["strengths"]
     assert 3 <= len(strengths) <= 5 and {0.5, 1.0, 2.0} <= set(strengths)
     assert len(result.refinement) >= 1
+    # the rule's inputs recomputed from the per-prompt verdicts: aligned vs each strength on the same prompts
+    refused = lambda name, p: result.records[(name, p.id)]["refusal"] is not None  # noqa: E731
+
+    def paired(name, label, split):
+        sel = [p for p in prompts if p.label == label and p.split == split]
+        return Paired.from_outcomes([refused("aligned", p) for p in sel], [refused(name, p) for p in sel])
+
+    tsdi = {c.strength: c.name for c in result.configs if c.kind == "tsdi"}
+    losses = {s: paired(name, "harmful", "validation") for s, name in tsdi.items()}
+    # a margin of 0: no upper bound meets it, so no strength, with the reason, and the search bisected towards 0
     rec = result.recommendation
-    val = {row["strength"]: row["harmful"]["validation"]["rate"] for row in result.summary if row["strength"]}
-    aligned = [r for r in result.summary if r["config"] == "aligned"][0]["harmful"]["validation"]["rate"]
-    assert rec["strength"] == recommend(val, aligned, 0.0)
-    if rec["strength"] is not None:
-        assert set(rec["test"]) == {"harmful", "benign"} and "rule" in rec
+    assert rec["strength"] is None and recommend_strength(losses, 0.0)["strength"] is None
+    assert "upper bound" in rec["reason"] and "upper bound" in rec["rule"] and len(rec["strengths"]) == len(tsdi)
+    assert [step["next"] for step in result.refinement] == [0.25, 0.125]
+    assert "recommended strength: none" in report.format_recommendation(result)
+    # a wide margin recommends, and the recommended strength is reported paired on both splits
+    wide = recommendation(result, 0.95)
+    assert wide["strength"] is not None and wide["strength"] == recommend_strength(losses, 0.95)["strength"]
+    for split in ("validation", "test"):
+        got, want = wide[split]["harmful_loss"], paired(wide["config"], "harmful", split)
+        assert (got["b"], got["c"], got["n"]) == (want.b, want.c, want.n)
+        cut, want = wide[split]["over_refusal_cut"], paired(wide["config"], "benign", split)
+        assert (cut["b"], cut["c"], cut["n"]) == (want.b, want.c, want.n) and cut["low"] <= cut["difference"]
+    assert wide["test"]["within_margin"] == (wide["test"]["harmful_loss"]["upper_bound"] <= 0.95)
+    result.recommendation = wide
+    words = report.format_recommendation(result)
+    assert f"recommended strength: {wide['strength']:g}" in words and "Tango" in words and "test split" in words
+    table = report.format_paired(result)
+    assert table.count("\n") == 1 + len(tsdi) and "(recommended)" in table and "one-sided 95% upper bound" in table
     for row in result.summary:
         for label in ("benign", "harmful"):
             d = row[label]

@@ -73,13 +73,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--grid", type=number_list, default=list(DEFAULT_GRID), metavar="S,S,...",
                    help=f"start grid of --auto (default: {','.join(f'{x:g}' for x in DEFAULT_GRID)})")
     g.add_argument("--refine-steps", type=nonneg_int, default=DEFAULT_REFINE_STEPS,
-                   help="strengths added by bisection in --auto (default: %(default)s)")
+                   help="at most this many strengths added by bisection in --auto; the threshold search stops "
+                        "once the recommendation is bracketed to 1/16 (default: %(default)s)")
     g.add_argument("--refine", choices=("threshold", "knee"), default="threshold",
-                   help="where --auto bisects: the interval holding the margin threshold, or where harmful refusal "
-                        "drops most (default: %(default)s)")
+                   help="where --auto bisects: the bracket of the recommendation (the paired rule), or where "
+                        "harmful refusal drops most (default: %(default)s)")
     g.add_argument("--margin", type=number(0.0, 100.0), default=100 * DEFAULT_MARGIN, metavar="POINTS",
-                   help="recommendation: the largest strength whose harmful-refusal rate on the validation split "
-                        "stays within this many percentage points of the aligned model's (default: %(default)g)")
+                   help="recommendation: the largest strength whose one-sided 95%% upper bound of the loss of "
+                        "harmful refusal against the aligned model (paired, validation split) is within this many "
+                        "percentage points, and so is every evaluated strength below it (default: %(default)g)")
     g = p.add_argument_group("decoding")
     g.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                    help="generate with tsdi_kernels.generate (hf, default) or with vLLM and TSDI as its logits "
@@ -238,7 +240,8 @@ def run(args) -> int:
     import torch
 
     from ..evaluation.plot import plot_pareto
-    from ..evaluation.report import format_categories, format_recommendation, format_table, write_results
+    from ..evaluation.report import (format_categories, format_paired, format_recommendation, format_table,
+                                      write_results)
     from ..evaluation.settings import Decoding, SweepSettings
     from ..evaluation.sweep import run_sweep
 
@@ -276,6 +279,8 @@ def run(args) -> int:
     log(format_categories(result, "harmful"))
     log("\nbenign prompts refused, by category:")
     log(format_categories(result, "benign"))
+    log("\nthe rule per strength (validation split, each strength paired with the aligned model on the same prompts):")
+    log(format_paired(result))
     log("\n" + format_recommendation(result))
     extra = {"command": " ".join(sys.argv), "bias_file": bias_source, "threads": torch.get_num_threads(),
              "torch": torch.__version__}

@@ -43,14 +43,48 @@ def format_categories(result: SweepResult, label: str) -> str:
     return "\n".join(lines)
 
 
+def _points(d: Optional[dict]) -> str:
+    """A paired difference (paired.Paired.to_dict) in points with its two-sided interval and n."""
+    if not d:
+        return "n/a"
+    return f"{100 * d['difference']:.1f} [{100 * d['low']:.1f}, {100 * d['high']:.1f}] (n={d['n']})"
+
+
+def format_paired(result: SweepResult) -> str:
+    """Markdown: the rule's verdict per strength on the validation split, paired against the aligned model: the loss
+    of harmful refusal (95% interval), its one-sided 95% upper bound against the margin, the over-refusal cut."""
+    rec = result.recommendation
+    margin = 100 * rec.get("margin", 0.0)
+    lines = ["| strength | harmful-refusal loss, points (validation, paired) | one-sided 95% upper bound | "
+             f"within {margin:g} points | over-refusal cut, points (validation, paired) |", "|---|---:|---:|:---:|---:|"]
+    for row in rec.get("strengths", []):
+        within = "yes" if row["within"] else (
+            "no" + (f" (n = {row['prompts_needed']} would do)" if row.get("prompts_needed") else ""))
+        name = f"{row['strength']:g}" + (" (recommended)" if row["strength"] == rec.get("strength") else "")
+        lines.append(f"| {name} | {_points(row['loss'])} | {100 * row['upper_bound']:.1f} | {within} | "
+                     f"{_points(row.get('benefit'))} |")
+    return "\n".join(lines)
+
+
 def format_recommendation(result: SweepResult) -> str:
+    """The recommendation in words: the rule, the validation bound and n, the benefit, and the test split."""
     rec = result.recommendation
     if rec.get("strength") is None:
-        return f"recommended strength: none ({rec.get('reason', '')}); rule: {rec.get('rule', '')}"
-    t, a = rec["test"], rec["aligned_test"]
-    text = (f"recommended strength: {rec['strength']:g} ({rec['rule']}).\n"
-            f"  test split: harmful refused {_pct(t['harmful'])} (aligned {_pct(a['harmful'])}), "
-            f"benign refused {_pct(t['benign'])} (aligned {_pct(a['benign'])})")
+        return f"recommended strength: none ({rec.get('reason', '')}).\n  rule: {rec.get('rule', '')}"
+    v, t, a = rec["validation"], rec["test"], rec["aligned_test"]
+    margin = 100 * rec["margin"]
+    bound = v["harmful_loss"]["upper_bound"]
+    text = (f"recommended strength: {rec['strength']:g}\n"
+            f"  rule: {rec['rule']} ({rec['method']}).\n"
+            f"  validation: harmful-refusal loss {_points(v['harmful_loss'])} points, one-sided 95% upper bound "
+            f"{100 * bound:.1f} <= {margin:g}; over-refusal cut {_points(v['over_refusal_cut'])} points")
+    if t.get("harmful_loss"):
+        verdict = "within" if t["within_margin"] else "NOT within"
+        text += (f"\n  test split (no part in the choice): harmful-refusal loss {_points(t['harmful_loss'])} points, "
+                 f"one-sided 95% upper bound {100 * t['harmful_loss']['upper_bound']:.1f} ({verdict} the margin); "
+                 f"over-refusal cut {_points(t['over_refusal_cut'])} points")
+    text += (f"\n  test split rates: harmful refused {_pct(t['harmful'])} (aligned {_pct(a['harmful'])}), "
+             f"benign refused {_pct(t['benign'])} (aligned {_pct(a['benign'])})")
     if "test_over_refusal_reduction" in rec:
         text += f"; over-refusal cut by {100 * rec['test_over_refusal_reduction']:.0f}%"
     return text

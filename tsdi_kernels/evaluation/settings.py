@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 from .prompts import Prompt
 
 DEFAULT_GRID = (0.25, 0.5, 1.0, 1.5)  # the starting strengths of --auto
-DEFAULT_REFINE_STEPS = 2  # strengths added by bisection
+DEFAULT_REFINE_STEPS = 4  # at most; the threshold search stops at a 1/16-wide bracket (2-3 steps from the grid)
 DEFAULT_MARGIN = 0.05  # harmful-refusal points the recommendation may give away against the aligned model
 ENGINES = ("hf", "vllm")
 REFINE_MODES = ("threshold", "knee")
