@@ -75,6 +75,26 @@ def test_bad_strength_and_nan_bias(op_backend):
         _sample(*args, 1.0)
 
 
+def test_one_strength_limit_everywhere():
+    """The op, the HF processor and generate, and the vLLM processor's request check share one strength check:
+    finite, |strength| <= MAX_STRENGTH; the limit itself is accepted."""
+    from tsdi_kernels.integrations import vllm
+    from tsdi_kernels.integrations.hf import TSDILogitsProcessor
+    from tsdi_kernels.kernels.validation import MAX_STRENGTH
+
+    args = list(_good_sampling_args().values())
+    assert _sample(*args, -MAX_STRENGTH).shape == (3,)
+    bias = torch.zeros(2, 100)
+    for strength in (MAX_STRENGTH * 1.01, -MAX_STRENGTH * 1.01):
+        with pytest.raises(ValueError, match="`strength` must lie in"):
+            _sample(*args, strength)
+        with pytest.raises(ValueError, match="`strength` must lie in"):
+            TSDILogitsProcessor(bias, prompt_length=3, strength=strength)
+        with pytest.raises(ValueError, match="tsdi_strength must lie in"):
+            vllm.validate_extra_args({vllm.STRENGTH_KEY: strength})
+    assert TSDILogitsProcessor(bias, prompt_length=3, strength=MAX_STRENGTH).strength == MAX_STRENGTH
+
+
 BAD_ACCUMULATOR_INPUTS = {
     "reference-shape": ("reference", lambda: torch.randn(2, 3, 11), "reference"),
     "aligned-dtype": ("aligned", lambda: torch.zeros(2, 3, 10, dtype=torch.int32), "aligned"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -23,6 +22,7 @@ from transformers import LogitsProcessor
 from transformers.generation import logits_process as _lp
 
 from ..kernels import check_tokens, debias_sample
+from ..kernels.validation import check_strength
 from ..pipeline.bias import BiasTable
 
 BiasLike = Union[BiasTable, Tensor]
@@ -50,12 +50,6 @@ def bias_tensor(bias: Optional[BiasLike], name: str = "bias") -> Optional[Tensor
     return bias.float()
 
 
-def _check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise ValueError(f"`strength` must be a finite number, got {strength!r}")
-    return float(strength)
-
-
 class TSDILogitsProcessor(LogitsProcessor):
     """Subtract ``strength * bias[t]`` from the scores at answer step t < L (t = tokens generated so far).
 
@@ -79,7 +73,7 @@ class TSDILogitsProcessor(LogitsProcessor):
         if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 0:
             raise ValueError(f"`prompt_length` must be a non-negative integer, got {prompt_length!r}")
         self.prompt_length = prompt_length
-        self.strength = _check_strength(strength)
+        self.strength = check_strength(strength)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         t = input_ids.shape[1] - self.prompt_length
@@ -181,7 +175,7 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
     >>> model.generate(**inputs, custom_generate=fused_sampler(table, seed=[1, 2]), do_sample=True, top_p=0.9)
     """
     table = bias_tensor(bias)
-    strength = _check_strength(strength)
+    strength = check_strength(strength)
     if not isinstance(seed, (int, list, tuple, Tensor)) or isinstance(seed, bool):
         raise ValueError(f"`seed` must be an integer or a per-row list / tensor of integers, got {seed!r:.80}")
     captured_streamer = streamer

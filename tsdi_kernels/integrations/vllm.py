@@ -30,13 +30,14 @@ This module imports torch only; vLLM is imported when the processor class is fir
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from ..kernels.validation import MAX_STRENGTH, check_strength
 
 __all__ = ["TSDILogitsProcessor", "TSDIState", "ServeConfig", "resolve_config", "check_strength",
            "validate_extra_args", "STRENGTH_KEY", "CONFIG_KEY", "ENV_BIAS", "ENV_STRENGTH", "MAX_STRENGTH",
@@ -49,21 +50,10 @@ STRENGTH_KEY = "tsdi_strength"   # SamplingParams.extra_args / vllm_xargs
 CONFIG_KEY = "tsdi"              # --additional-config '{"tsdi": {...}}'
 ENV_BIAS = "TSDI_BIAS"
 ENV_STRENGTH = "TSDI_STRENGTH"
-# |strength| above this is refused: a bias of a few tens of nats times a huge strength overflows float32 logits.
-MAX_STRENGTH = 100.0
 _CONFIG_FIELDS = ("bias", "strength")
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def check_strength(value: Any, what: str = STRENGTH_KEY) -> float:
-    """`value` as a float if it is a finite number (not a bool) with |value| <= MAX_STRENGTH, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    if abs(value) > MAX_STRENGTH:
-        raise ValueError(f"{what} must lie in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {value!r}")
-    return float(value)
-
-
 def validate_extra_args(extra_args: Optional[Mapping[str, Any]]) -> Optional[float]:
     """The request's strength (None when it sets none); ValueError for a bad value or an unknown tsdi_* key."""
     if not extra_args:
@@ -73,7 +63,7 @@ def validate_extra_args(extra_args: Optional[Mapping[str, Any]]) -> Optional[flo
         raise ValueError(f"unknown TSDI request argument(s) {unknown}: the only one is {STRENGTH_KEY!r}")
     if STRENGTH_KEY not in extra_args:
         return None
-    return check_strength(extra_args[STRENGTH_KEY])
+    return check_strength(extra_args[STRENGTH_KEY], STRENGTH_KEY)
 
 
 @dataclass(frozen=True)

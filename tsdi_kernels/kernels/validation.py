@@ -1,10 +1,25 @@
 """Argument checks shared by the op families: one error format, `tsdi.<op>: <argument> ...` as a ValueError."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# |strength| above this is refused everywhere (op, HF, vLLM): bias entries reach tens of nats on tokens neither
+# model emits, so strengths in the hundreds push logits by thousands of nats, swamping every other token's score.
+MAX_STRENGTH = 100.0
+
+
+def check_strength(value, what: str = "`strength`") -> float:
+    """`value` as a float if it is a number (not a bool), finite, with |value| <= MAX_STRENGTH; else ValueError
+    starting with `what`. The one strength check: the ops, the HF integration and the vLLM processor call it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise ValueError(f"{what} must lie in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {value!r}")
+    return float(value)
 
 
 def fail(op: str, msg: str) -> None:

@@ -11,14 +11,12 @@
 Meta / fake tensors run the metadata checks only, so torch.compile reports bad calls at trace time."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .. import status
 from ..library import EXTENSION, LIB, backend_for, values_checkable
-from ..validation import check_logits, check_no_grad, check_row_param, fail
+from ..validation import check_logits, check_no_grad, check_row_param, check_strength, fail
 from . import reference
 
 # one fused pass: debias, temperature, top-k, top-p, Gumbel-max draw keyed by (seed, position, token)
@@ -48,8 +46,7 @@ def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, str
     check_row_param(op, "top_p", top_p, batch, torch.float32, device)
     if seed is not None:
         check_row_param(op, "seed", seed, batch, torch.int64, device)
-    if not math.isfinite(strength):
-        fail(op, f"`strength` must be finite, got {strength}")
+    check_strength(strength, f"tsdi.{op}: `strength`")
 
 
 def raise_row_status(op: str, codes: Tensor) -> None:
