@@ -1,6 +1,6 @@
 // debias_sample / debias_probs on CPU: one fused streaming pass over each row's logits (debias, temperature,
 // status flags, candidate buffer / online softmax / inline Gumbel-max), then an exact Hugging Face keep rule on
-// the few candidates. Semantics: tsdi_kernels/reference.py (the oracle of the tests).
+// the few candidates. Semantics: tsdi_kernels/kernels/sampling/reference.py (the oracle of the tests).
 //
 // Work is split into (row, vocabulary chunk) items of a FIXED size kChunk, run with at::parallel_for and merged
 // per row in chunk order, so a row's result does not depend on the thread count, the batch size or the other rows.

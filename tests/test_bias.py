@@ -1,4 +1,4 @@
-"""BiasTable: statistics, file format (round trip, validation, atomic write), tokenizer check, top_tokens."""
+"""BiasTable: statistics, file format (round trip, validation, atomic write), tokenizer check, ranked_tokens."""
 import json
 import os
 
@@ -121,21 +121,21 @@ def test_constructor_validates():
         BiasTable(torch.zeros(5), torch.zeros(2, 5), torch.zeros(2, dtype=torch.int64))
 
 
-def test_top_tokens(tok):
+def test_ranked_tokens_by_bias(tok):
     table, _ = make_table(tok)
-    top = table.top_tokens(1, 4, tok)
+    top = table.ranked_tokens(1, 4, tok, by="bias", skip_special=False)
     assert len(top) == 4
     expected = torch.topk(table.mean[1], 4)
-    assert [row[0] for row in top] == expected.indices.tolist()
-    assert all(isinstance(row[1], str) for row in top)
-    assert [row[2] for row in top] == pytest.approx(expected.values.tolist())
-    assert [row[3] for row in top] == pytest.approx(table.stderr[1, expected.indices].tolist())
-    bottom = table.top_tokens(1, 2, largest=False)
-    assert bottom[0][0] == int(table.mean[1].argmin()) and bottom[0][1] is None
+    assert [row.token_id for row in top] == expected.indices.tolist()
+    assert all(isinstance(row.text, str) for row in top)
+    assert [row.bias for row in top] == pytest.approx(expected.values.tolist())
+    assert [row.stderr for row in top] == pytest.approx(table.stderr[1, expected.indices].tolist())
+    bottom = table.ranked_tokens(1, 2, by="bias", largest=False)
+    assert bottom[0].token_id == int(table.mean[1].argmin()) and bottom[0].text is None
     with pytest.raises(ValueError, match="`t`"):
-        table.top_tokens(3, 4)
+        table.ranked_tokens(3, 4, by="bias")
     with pytest.raises(ValueError, match="`k`"):
-        table.top_tokens(0, 0)
+        table.ranked_tokens(0, 0, by="bias")
 
 
 def test_to_device(tok):

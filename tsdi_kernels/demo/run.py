@@ -39,13 +39,10 @@ def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> li
     """The held-out prompts as evaluation Prompts (harmless -> benign), split into validation / test by the
     evaluation's rule, from a JSON file with lists "harmless" and "harmful"; ValueError naming the file on bad
     content. `limit`: the first N of each list."""
+    from ..pipeline.files import check_readable_file
+
     path = HELDOUT if path is None else Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"--prompts file {path} is a directory, not a file")
-    if not path.exists():
-        raise FileNotFoundError(f"--prompts file {path} does not exist")
-    if not path.is_file():
-        raise ValueError(f"--prompts file {path} is not a regular file")
+    check_readable_file(str(path), "--prompts file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

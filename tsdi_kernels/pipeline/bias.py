@@ -98,7 +98,7 @@ class BiasTable:
     >>> table = estimate_bias(aligned, reference, tokenizer, num_prompts=1024, length=16)
     >>> table.save("bias.safetensors")
     >>> table = BiasTable.load("bias.safetensors", tokenizer=tokenizer)
-    >>> table.top_tokens(0, 5, tokenizer)   # [(token_id, text, bias, stderr), ...]
+    >>> table.ranked_tokens(0, 5, tokenizer)   # [TokenBias(token_id, text, bias, stderr, p_aligned, ...), ...]
     """
 
     def __init__(self, mean: Tensor, m2: Tensor, count: Tensor, metadata: Optional[dict] = None,
@@ -200,30 +200,6 @@ class BiasTable:
         return f"BiasTable(L={self.length}, V={self.vocab_size}, count={n[0] if len(set(n)) == 1 else n})"
 
     # --- inspection ----------------------------------------------------------------------------------------
-    def top_tokens(self, t: int, k: int = 10, tokenizer=None, *, largest: bool = True) -> list:
-        """The k tokens the aligned model favours most at answer position t (``largest=False``: disfavours most).
-
-        Returns a list of (token_id, token_text or None, bias, stderr), sorted by bias."""
-        if not isinstance(t, int) or not 0 <= t < self.length:
-            raise ValueError(f"`t` must be an integer in [0, {self.length}), got {t!r}")
-        if not isinstance(k, int) or k <= 0:
-            raise ValueError(f"`k` must be a positive integer, got {k!r}")
-        k = min(k, self.vocab_size)
-        row = self.mean[t].float().cpu()
-        if tokenizer is not None:
-            # ids the tokenizer does not know (padding rows of the embedding) are never sampled: skip them
-            row = row.clone()
-            row[len(tokenizer):] = -math.inf if largest else math.inf
-        values, ids = torch.topk(row, k, largest=largest)
-        err = self.stderr[t].float().cpu()
-        out = []
-        for v, i in zip(values.tolist(), ids.tolist()):
-            if not math.isfinite(v):
-                break
-            text = tokenizer.decode([i]) if tokenizer is not None else None
-            out.append((i, text, v, float(err[i])))
-        return out
-
     def moved_probability(self, t: int, strength: float = 1.0) -> tuple[Tensor, Tensor]:
         """(p_aligned, p_debiased) [V] at answer position t (see the module docstring); ValueError without
         `aligned_logprob`."""

@@ -73,7 +73,8 @@ def _top_p_mask(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def _filtered(logits, bias, positions, temperature, top_k, top_p, strength):
-    """(z, keep, greedy, status): temperature-scaled debiased logits, the kept set, greedy rows, status codes."""
+    """(scaled, keep, greedy, status, safe): temperature-scaled debiased logits, the kept set, greedy rows, status
+    codes, and the debiased logits with bad rows zeroed (greedy rows take their argmax)."""
     z = debiased_logits(logits, bias, positions, strength)
     status = _row_status(z, positions, temperature, top_k, top_p)
     safe = torch.where(status[:, None] == 0, z, torch.zeros_like(z))

@@ -21,8 +21,9 @@ Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions
         SmolLM2 rows: 46 cuts per row at 24 splits of 2048 tokens, that overflow and the final sort of each
         split; 15 at 8 splits, 4.4 at 2), each a 1024-key sort (116 of the loop's 136 static barriers).
   kernel 2 `_finish_kernel`, grid (B,): merges the S partials with one vector load each (fixed reduction
-    order: deterministic), merges the buffers of the splits whose max is near the row max (typically 1-3) into
-    the row's top-KEEP prefix (a sort of 2 * KEEP keys per such split), then applies the exact HF rule
+    order: deterministic), merges the buffers of the splits whose max is near the row max (on real LLM logits
+    nearly every split; top-k rows with k <= TOP_J merge once over all splits, see below) into the row's top-KEEP
+    prefix (a sort of 2 * KEEP keys per such split), then applies the exact HF rule
     on the prefix: k-th largest value (ties kept), probabilities exp(s - m) / Z_k, exclusive cumulative sum in
     rank order < p (top token always kept), and Gumbel-max over the kept candidates. The prefix provably
     contains the kept set when (a) no buffer was cut, or (b) top-k: the prefix holds >= k tokens and ends
@@ -331,7 +332,7 @@ def _finish_kernel(
         | tl.max(v_flags & FLAG_FINITE, axis=0)
     # buffer cuts of all the row's splits, for reports only (stats slot 3)
     n_cut = tl.sum(tl.load(part_i_ptr + o_part_i + 5, mask=m_s_ok, other=0).to(tl.int32), axis=0)
-    # candidates: only splits whose max is near the row max hold near tokens; merge those (typically 1-3)
+    # candidates: only splits whose max is near the row max hold near tokens; merge those
     thr = m_run - _near_span(top_k, top_p, vocab)
     m_near_s = m_s_ok & (v_n > 0) & (v_m >= thr)
     flags = flags | tl.max(tl.where(m_near_s, v_flags & FLAG_CUT, 0), axis=0)
