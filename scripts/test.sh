@@ -10,6 +10,8 @@ echo "[test.sh] 1/3 the environment (./.venv; first time about 6 minutes, then a
 bash scripts/setup_env.sh
 echo "[test.sh] 2/3 the test suite on CPU (3 to 5 minutes; pytest prints a dot per test)"
 .venv/bin/python -m pytest -q "$@"
+echo "[test.sh] 2/3 every Triton kernel compiled with the GPU image's Triton too (first time 1-2 minutes)"
+bash scripts/compile_check_gpu_triton.sh
 if [ "${TSDI_SKIP_VLLM:-0}" = "1" ]; then
   echo "[test.sh] 3/3 the vLLM tier: skipped (TSDI_SKIP_VLLM=1)"
   exit 0

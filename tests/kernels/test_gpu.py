@@ -147,6 +147,58 @@ def test_cuda_graph_decode_step_replays_with_new_seeds_and_positions():
     torch.testing.assert_close(mean, m_ref, atol=1e-4, rtol=1e-4)
 
 
+def test_graph_capture_does_not_cache_parameters_made_during_capture():
+    """tsdi_kernels.debias_sample with scalar parameters first seen while a CUDA graph is captured: the [B]
+    tensors made then are only recorded (filled at replay), so the cache must not keep them. After the capture,
+    an eager call with the same scalars must draw the tokens of the same kernel called with explicit [B] tensors
+    (a cached tensor from the capture would hold garbage)."""
+    batch, vocab = 4, 32000
+    args = _inputs(batch, vocab, torch.float32, seed=21)
+    logits, bias = args["logits"], args["bias"]
+    scalars = dict(positions=3, temperature=0.61803, top_k=37, top_p=0.913, seed=424242)  # no other test uses these
+    warm = dict(positions=1, temperature=0.5, top_k=10, top_p=0.5, seed=1)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        tsdi_kernels.debias_sample(logits, bias, **warm)  # compiles the kernels before the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = tsdi_kernels.debias_sample(logits, bias, **scalars)
+    graph.replay()
+    eager = tsdi_kernels.debias_sample(logits, bias, **scalars)
+    rows = {k: torch.full((batch,), v, device=CUDA, dtype=torch.float32 if isinstance(v, float) else torch.int64)
+            for k, v in scalars.items()}
+    expected = _sample(dict(rows, logits=logits, bias=bias), strength=1.0)  # the same kernel, explicit tensors
+    assert (expected >= 0).all()
+    assert torch.equal(eager, expected)
+    assert torch.equal(captured, expected)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+def test_ops_on_the_second_device_while_the_first_is_current():
+    """Triton launches on the current device: tensors on cuda:1 while cuda:0 is current must still work (the
+    launchers switch to the tensors' device), with the same results as on cuda:0."""
+    torch.cuda.set_device(0)
+    args = _inputs(8, 32000, torch.bfloat16, seed=17)
+    on_1 = {k: v.to("cuda:1") for k, v in args.items()}
+    tokens = _sample(on_1)
+    assert tokens.device == torch.device("cuda", 1) and torch.cuda.current_device() == 0
+    assert torch.equal(tokens.cpu(), _sample(args).cpu())
+    length, vocab = 3, 32000
+    aligned = torch.randn(4, length, vocab, device=CUDA, dtype=torch.bfloat16)
+    results = []
+    for device in ("cuda:1", "cuda:0"):
+        stats = [torch.zeros(length, vocab, device=device), torch.zeros(length, vocab, device=device),
+                 torch.zeros(length, dtype=torch.int64, device=device)]
+        torch.ops.tsdi.logit_mean_update(*stats, aligned.to(device), None, None, True)
+        results.append([t.cpu() for t in stats])
+    assert torch.cuda.current_device() == 0
+    for on_1, on_0 in zip(*results):  # the accumulator is deterministic: bitwise the same on both devices
+        assert torch.equal(on_1, on_0)
+    assert results[0][2].tolist() == [4] * length
+
+
 def test_torch_compile_fullgraph():
     batch, vocab, length = 4, 32000, 3
     args = _inputs(batch, vocab, torch.bfloat16, seed=9)

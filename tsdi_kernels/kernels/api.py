@@ -32,12 +32,22 @@ def _per_row(name: str, value: RowParam, batch: int, dtype: torch.dtype, device:
     return _constant(value, batch, dtype, device)
 
 
-@functools.lru_cache(maxsize=4096)
 def _constant(value, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A [B] tensor filled with a scalar parameter, cached: a decode loop passes the same temperature, top-k,
-    top-p and seed every step, and positions 0, 1, 2, ... again for every prompt; creating them costs ~2.5 us each
-    on CPU (and a host-to-device copy on a GPU), more than the fused kernel at small B. The ops never write to
-    their parameters, so a cached tensor is safe to share. 4096 entries of at most B * 8 bytes each."""
+    """A [B] tensor filled with a scalar parameter: cached, except while a CUDA graph is being captured. A tensor
+    created during capture is only recorded (its fill runs at replay, not now), lives in the graph's private
+    pool, and would hold garbage for every later eager call that found it in the cache: during capture the
+    parameter is created for this call alone (captured once, filled at every replay)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.full((batch,), value, dtype=dtype, device=device)
+    return _cached_constant(value, batch, dtype, device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_constant(value, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A decode loop passes the same temperature, top-k, top-p and seed every step, and positions 0, 1, 2, ...
+    again for every prompt; creating them costs ~2.5 us each on CPU (and a host-to-device copy on a GPU), more
+    than the fused kernel at small B. The ops never write to their parameters, so a cached tensor is safe to
+    share. 4096 entries of at most B * 8 bytes each."""
     return torch.full((batch,), value, dtype=dtype, device=device)
 
 

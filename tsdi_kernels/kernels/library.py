@@ -6,14 +6,21 @@ Backends per device type:
 The process-wide default comes from TSDI_CPU_BACKEND / TSDI_CUDA_BACKEND, else the fastest available one.
 `use_backend` overrides it for the calling thread (a contextvars.ContextVar: each thread and asyncio task sees
 its own override), so two threads switching backends never leave each other on the wrong one.
-TSDI_DISABLE_EXTENSION=1 skips the C++ extension (the package then runs its CPU ops on the reference)."""
+TSDI_DISABLE_EXTENSION=1 skips the C++ extension (the package then runs its CPU ops on the reference).
+
+Triton older than TRITON_FLOOR is refused by name: `import tsdi_kernels` works (CPU users are unaffected), CUDA
+ops run on the reference with one warning at the first CUDA call, and asking for the Triton backend explicitly
+(TSDI_CUDA_BACKEND=triton, set_backend, use_backend) raises the RuntimeError that names the version."""
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.metadata
 import importlib.util
 import os
+import re
 import threading
+import warnings
 from typing import Optional
 
 import torch
@@ -38,9 +45,48 @@ EXTENSION, EXTENSION_ERROR = _load_extension()
 HAS_EXTENSION = EXTENSION is not None
 
 
+# The first Triton whose tl.rand(seed, offset) uses all 64 bits of an int64 offset (the low and high words as two
+# Philox counters, triton/language/random.py); 3.2 and 3.3 drop the high word, so the noise of token v at position
+# t (offset v + t * 2**32) would differ from philox.py's, and every sampled token from the CPU's, silently.
+# pyproject.toml's `triton` extra carries the same floor.
+TRITON_FLOOR = (3, 4)
+
+
+def triton_version() -> Optional[str]:
+    """The installed Triton's version, read without importing it (the import costs ~0.5 s and only CUDA needs it):
+    from triton/__init__.py's __version__ line (any distribution: triton, pytorch-triton), else the metadata."""
+    spec = importlib.util.find_spec("triton")
+    if spec is None:
+        return None
+    try:
+        with open(spec.origin, encoding="utf-8") as f:
+            found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", f.read(), re.M)
+        if found:
+            return found.group(1)
+    except (OSError, TypeError):  # no readable __init__.py (e.g. a zipped install): ask the metadata
+        pass
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def triton_problem() -> Optional[str]:
+    """Why the Triton backend cannot serve CUDA tensors (not installed, too old), or None when it can."""
+    version = triton_version()
+    if version is None:
+        return "triton is not installed"
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    if numbers is None or tuple(int(n) for n in numbers.groups()) < TRITON_FLOOR:
+        floor = ".".join(map(str, TRITON_FLOOR))
+        return (f"triton {version} is older than {floor}, the first version whose tl.rand uses all 64 bits of "
+                f"the noise offset (the CPU and GPU would draw different tokens): pip install 'triton>={floor}'")
+    return None
+
+
 def has_triton() -> bool:
-    """Whether triton is installed; found without importing it (the import costs ~0.5 s and only CUDA needs it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether a Triton this package can use (installed, at least TRITON_FLOOR) is there."""
+    return triton_problem() is None
 
 
 def check_backend(device: str, name: str) -> None:
@@ -51,7 +97,7 @@ def check_backend(device: str, name: str) -> None:
     if name == "cpp" and not HAS_EXTENSION:
         raise RuntimeError(f"the C++ extension tsdi_kernels._C is not available ({EXTENSION_ERROR})")
     if name == "triton" and not has_triton():
-        raise RuntimeError("triton is not installed")
+        raise RuntimeError(triton_problem())
 
 
 _DEFAULTS = {
@@ -62,6 +108,25 @@ for _device, _name in _DEFAULTS.items():
     check_backend(_device, _name)
 _DEFAULTS_LOCK = threading.Lock()
 _OVERRIDE: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("tsdi_backend_override", default=None)
+# Set when an installed Triton was refused (too old) and CUDA defaulted to the reference: warned once, at the
+# first CUDA call that runs on that default (see reference_notice).
+_REFUSED_TRITON: list = [None if "TSDI_CUDA_BACKEND" in os.environ or triton_version() is None
+                         else triton_problem()]
+
+
+def reference_notice(device_type: str) -> None:
+    """Warn once when a CUDA op runs on the reference only because the installed Triton was refused. Called by
+    the ops when `backend_for` answered "reference" for CUDA: a list read, no work otherwise."""
+    if device_type != "cuda" or _REFUSED_TRITON[0] is None:
+        return
+    override = _OVERRIDE.get()
+    if override is not None and "cuda" in override:
+        return  # the caller chose the backend
+    with _DEFAULTS_LOCK:
+        message, _REFUSED_TRITON[0] = _REFUSED_TRITON[0], None
+    if message is not None:
+        warnings.warn(f"tsdi_kernels: CUDA ops run on the PyTorch reference (slower): {message}", RuntimeWarning,
+                      stacklevel=3)
 
 
 def backend_for(device_type: str) -> str:
@@ -77,6 +142,8 @@ def set_backend(device: str, name: str) -> None:
     check_backend(device, name)
     with _DEFAULTS_LOCK:
         _DEFAULTS[device] = name
+        if device == "cuda":
+            _REFUSED_TRITON[0] = None  # the caller chose the backend
 
 
 @contextlib.contextmanager

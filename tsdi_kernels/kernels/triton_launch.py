@@ -1,4 +1,6 @@
-"""Launch sizing shared by the Triton launchers: SM count and the split of a row's vocabulary across programs."""
+"""Shared by the Triton launchers: the device guard, the SM count and the split of a row's vocabulary across
+programs."""
+import contextlib
 import functools
 
 import torch
@@ -11,6 +13,15 @@ def cdiv(a: int, b: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def on_device(device: torch.device):
+    """The context every launch runs in: Triton launches on the CURRENT CUDA device and its current stream, so
+    tensors on cuda:1 while cuda:0 is current would fail ("Pointer argument cannot be accessed from Triton").
+    Switches to the tensors' device for the launches (and back); a no-op for CPU tensors (TRITON_INTERPRET=1)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def sm_count(device: torch.device) -> int:

@@ -1,14 +1,16 @@
 """torch.ops.tsdi.logit_mean_update: schema, validation, fake kernel, dispatch.
 
     torch.ops.tsdi.logit_mean_update(...) -> _logit_mean_update_impl (CPU / CUDA key): validate metadata ->
-        cpp: tsdi_kernels._C.logit_mean_update (csrc/accumulate.cpp, called directly) | triton | reference
+        cpp: tsdi_kernels._C.logit_mean_update (csrc/accumulate.cpp, called directly) | triton (the reference on a
+        device where it cannot compile or launch: fallback.py) | reference
     -> each backend returns int64 [2]: (b, t) of the first counted non-finite row or (-1, -1); the statistics are
        left untouched then, and the error names the row."""
 from __future__ import annotations
 
 import torch
 
-from ..library import EXTENSION, LIB, backend_for, values_checkable
+from .. import fallback
+from ..library import EXTENSION, LIB, backend_for, reference_notice, values_checkable
 from ..validation import LOGIT_DTYPES, check_logits, check_no_grad, fail
 from . import reference
 
@@ -56,7 +58,10 @@ def check_meta(mean, m2, count, aligned, reference_, mask) -> None:
 def _triton_update(*args):
     from .triton_impl import logit_mean_update
 
-    return logit_mean_update(*args)
+    progress = {}
+    return fallback.run(OP, args[3].device, lambda *a: logit_mean_update(*a, progress=progress),
+                        reference.logit_mean_update, args,
+                        undoable=lambda: not progress.get("statistics_written", False))
 
 
 _UPDATE = {
@@ -77,8 +82,10 @@ def _logit_mean_update_impl(mean, m2, count, aligned, reference_, mask, normaliz
     aligned = aligned.contiguous()
     reference_ = None if reference_ is None else reference_.contiguous()
     mask = None if mask is None else mask.contiguous()
-    kernel = _UPDATE[backend_for(aligned.device.type)]
-    where = kernel(mean, m2, count, aligned, reference_, mask, bool(normalize))
+    backend = backend_for(aligned.device.type)
+    if backend == "reference":
+        reference_notice(aligned.device.type)
+    where = _UPDATE[backend](mean, m2, count, aligned, reference_, mask, bool(normalize))
     if values_checkable(aligned):
         b, t = where.tolist()
         if b >= 0:

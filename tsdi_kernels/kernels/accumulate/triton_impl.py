@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import CTAS_PER_SM, sm_count, split_vocab
+from ..triton_launch import CTAS_PER_SM, on_device, sm_count, split_vocab
 
 NO_ERROR = tl.constexpr(2**63 - 1)
 
@@ -158,12 +158,17 @@ def _merge_kernel(
                 n_ptr = group_ptr + (tl.num_programs(2) * length * 2).to(tl.int64) * vocab
                 tl.store(n_ptr + i_g * length + i_t, n_b)
         elif n_b > 0.0:
-            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2)
+            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, i_v, vocab, n_b, b_mean, b_m2, BLOCK_V)
 
 
 @triton.jit
-def _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2):
+def _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, i_v, vocab, n_b, b_mean, b_m2, BLOCK_V: tl.constexpr):
     """Chan's merge of a batch's (n_b, mean_b, M2_b) into the running statistics of position t (old count)."""
+    # The tile's offsets are recomputed here, not kept live across the caller's row loop: with fp16 inputs the
+    # statistics use another register layout than the loads, and ptxas 12.8 (Triton 3.6) spilled those offsets
+    # (8 bytes, compile_check). tl.multiple_of makes them a new value that the compiler does not merge with o_v.
+    o_v = tl.multiple_of(i_v * BLOCK_V, BLOCK_V) + tl.arange(0, BLOCK_V)
+    m_v = o_v < vocab
     n_a = tl.load(count_ptr + i_t).to(tl.float32)
     n = n_a + n_b
     o_stat = i_t.to(tl.int64) * vocab + o_v
@@ -200,7 +205,7 @@ def _combine_kernel(mean_ptr, m2_ptr, count_ptr, err_ptr, group_ptr, length, voc
                 b_m2 += b_m2_g + b_delta * b_delta * (n_b * n_g / n)
                 n_b = n
         if n_b > 0.0:
-            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, o_v, m_v, vocab, n_b, b_mean, b_m2)
+            _chan_store(mean_ptr, m2_ptr, count_ptr, i_t, i_v, vocab, n_b, b_mean, b_m2, BLOCK_V)
 
 
 @triton.jit
@@ -239,12 +244,14 @@ def plan_groups(batch: int, length: int, vocab: int, block: int, n_sm: int, *, i
 
 
 def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True, *, block=None, splits=None,
-                      groups=None):
+                      groups=None, progress=None):
     """Launcher of torch.ops.tsdi.logit_mean_update on CUDA (and CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it); inputs contiguous. Returns int64 [2] on the device: (b, t) of the first
     counted non-finite row, or (-1, -1); statistics untouched in that case. No host synchronisation.
     Stage 1 splits each row into `splits` chunks when B * L rows alone would leave SMs idle
-    (one wave of 4 programs per SM, triton_launch.split_vocab)."""
+    (one wave of 4 programs per SM, triton_launch.split_vocab). `progress`, a dict, receives
+    "statistics_written": True once a launched kernel has written mean / m2 (a failure after that point cannot
+    be undone by re-running the update elsewhere: kernels/fallback.py)."""
     batch, length, vocab = aligned.shape
     device = aligned.device
     where = torch.full((2,), -1, dtype=torch.int64, device=device)
@@ -261,21 +268,26 @@ def logit_mean_update(mean, m2, count, aligned, reference, mask, normalize=True,
     part = torch.empty(batch * length * splits * 4, dtype=torch.float32, device=device)
     err = torch.full((1,), 2**63 - 1, dtype=torch.int64, device=device)
     num_warps = 4 if block <= 1024 else 8
-    _row_stats_kernel[(batch * length, splits)](
-        aligned, ref_arg, mask_arg, part, err, vocab, chunk,
-        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK=block, num_warps=num_warps)
     groups = plan_groups(batch, length, vocab, block, sm_count(device), interp=interp, groups=groups)
     group_rows = triton.cdiv(batch, groups)
     groups = triton.cdiv(batch, group_rows)
     scratch = torch.empty(groups * length * (2 * vocab + 1) if groups > 1 else 1, dtype=torch.float32,
                           device=device)
     n_v = triton.cdiv(vocab, block)
-    _merge_kernel[(length, n_v, groups)](
-        mean, m2, count, aligned, ref_arg, mask_arg, part, err, scratch, batch, length, vocab, splits, group_rows,
-        HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block, MAX_S1=MAX_S1,
-        GROUPED=groups > 1, num_warps=num_warps)
-    if groups > 1:
-        _combine_kernel[(length, n_v)](mean, m2, count, err, scratch, length, vocab, groups, BLOCK_V=block,
-                                       num_warps=num_warps)
-    _count_kernel[(1,)](count, mask_arg, err, where, batch, length, HAS_MASK=has_mask, BLOCK_L=128)
+    with on_device(device):  # Triton launches on the current device: make it the tensors' one
+        _row_stats_kernel[(batch * length, splits)](
+            aligned, ref_arg, mask_arg, part, err, vocab, chunk,
+            HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK=block, num_warps=num_warps)
+        _merge_kernel[(length, n_v, groups)](
+            mean, m2, count, aligned, ref_arg, mask_arg, part, err, scratch, batch, length, vocab, splits,
+            group_rows, HAS_REF=has_ref, HAS_MASK=has_mask, NORMALIZE=bool(normalize), BLOCK_V=block,
+            MAX_S1=MAX_S1, GROUPED=groups > 1, num_warps=num_warps)
+        if progress is not None:
+            progress["statistics_written"] = groups == 1  # the merge wrote mean / m2 (grouped: only scratch)
+        if groups > 1:
+            _combine_kernel[(length, n_v)](mean, m2, count, err, scratch, length, vocab, groups, BLOCK_V=block,
+                                           num_warps=num_warps)
+            if progress is not None:
+                progress["statistics_written"] = True
+        _count_kernel[(1,)](count, mask_arg, err, where, batch, length, HAS_MASK=has_mask, BLOCK_L=128)
     return where

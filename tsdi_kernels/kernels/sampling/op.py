@@ -3,7 +3,8 @@
     torch.ops.tsdi.debias_sample(...)  -> one trip through the dispatcher to _debias_sample_impl (CPU / CUDA key)
         validate metadata (no data read) -> backend for the device:
             cpp       tsdi_kernels._C.debias_sample   (csrc/sample.cpp, called directly: no second dispatch)
-            triton    triton_impl.debias_sample       (imported on first CUDA use)
+            triton    triton_impl.debias_sample       (imported on first CUDA use; the reference on a device
+                                                       where it cannot compile or launch: fallback.py)
             reference reference.debias_sample
         -> a negative token is a row status code (status.py; per-row parameter ranges are checked in the kernels'
        pass), raised as a ValueError naming the argument and row on CPU; on CUDA left on the device (no host
@@ -14,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import status
-from ..library import EXTENSION, LIB, backend_for, values_checkable
+from .. import fallback, status
+from ..library import EXTENSION, LIB, backend_for, reference_notice, values_checkable
 from ..validation import check_logits, check_no_grad, check_row_param, check_strength, fail
 from . import reference
 
@@ -85,12 +86,16 @@ def _triton_sample(logits, bias, positions, temperature, top_k, top_p, seed, str
     return debias_sample(logits, bias, *rows, strength), None
 
 
+def _reference_sample(*args):
+    return reference.debias_sample(*args), None
+
+
 # Each backend returns (int64 [B] tokens with status codes of bad rows, index of the first bad row or None when
 # the backend does not know it: the op then reads it from the tokens).
 _SAMPLE = {
     "cpp": lambda *args: EXTENSION.debias_sample(*args),
-    "triton": _triton_sample,
-    "reference": lambda *args: (reference.debias_sample(*args), None),
+    "triton": lambda *args: fallback.run("debias_sample", args[0].device, _triton_sample, _reference_sample, args),
+    "reference": _reference_sample,
 }
 # debias_probs has no Triton kernel: on CUDA the reference serves it
 _PROBS = {
@@ -105,8 +110,10 @@ def _debias_sample_impl(logits, bias, positions, temperature, top_k, top_p, seed
     logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
     if logits.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=logits.device)
-    kernel = _SAMPLE[backend_for(logits.device.type)]
-    tokens, bad_row = kernel(logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
+    backend = backend_for(logits.device.type)
+    if backend == "reference":
+        reference_notice(logits.device.type)
+    tokens, bad_row = _SAMPLE[backend](logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
     if bad_row is not None:
         if bad_row >= 0:
             fail(op, status.message(int(tokens[bad_row]), bad_row))

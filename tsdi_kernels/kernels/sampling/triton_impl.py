@@ -58,7 +58,7 @@ import triton.language as tl
 
 from .. import status as _status
 from ..semantics import TOP_P_SCALE as _TOP_P_SCALE
-from ..triton_launch import sm_count, split_vocab
+from ..triton_launch import on_device, sm_count, split_vocab
 
 # Largest Gumbel noise -log(-log(u)) for u <= (2**31 - 1) * 4.6566127342e-10 is 16.64; 20 leaves room for
 # an approximate log on the GPU. A tile whose max s + G_MAX cannot beat the running best needs no noise.
@@ -544,14 +544,15 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
     program at a time), with at least 4 tiles per program, at most MAX_SPLITS (kernel 2 merges the S partials as
     one vector). Warps, from compile_check (no spills on sm_90 / sm_80, fewest registers): stream kernel 4 (KEEP +
     BLOCK = 1024 int64 keys while it cuts its buffer: capped at 128 registers), finish kernel 4 (sorts 2 * KEEP
-    keys: 124 on sm_90; 8 warps spill on sm_80), fallback kernel 8 with 512-wide tiles ([512, 16] probe compares: 97 registers)."""
+    keys: 124 on sm_90; 8 warps spill on sm_80), fallback kernel 4 with 512-wide tiles ([512, 16] probe compares;
+    8-byte bf16 loads; 8 warps spill 16 bytes on sm_80 with Triton 3.6's ptxas)."""
     interp = device_type != "cuda"
     block = block or (256 if interp else 512)
     keep = keep or block
     splits, chunk = split_vocab(batch, vocab, block, n_sm, MAX_SPLITS, interp=interp, splits=splits)
     return {"block": block, "keep": keep, "splits": splits, "chunk": chunk,
             "block_fallback": 512, "warps_stream": 8 if block + keep > 1024 else 4, "warps_finish": 4,
-            "warps_fallback": 8, "maxnreg_stream": MAXNREG_STREAM, "top_j": min(TOP_J_MAX, keep // 2)}
+            "warps_fallback": 4, "maxnreg_stream": MAXNREG_STREAM, "top_j": min(TOP_J_MAX, keep // 2)}
 
 
 def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
@@ -579,17 +580,18 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     gather = torch.empty(batch * keep, dtype=torch.int64, device=device)
     stats = torch.empty(batch * 4, dtype=torch.float32, device=device)  # m_run, z_run, merges, cuts per row
     strength = float(strength)
-    _stream_kernel[(batch, splits)](
-        logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-        vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, TOP_J=cfg["top_j"],
-        num_warps=cfg["warps_stream"], **({} if interp else {"maxnreg": cfg["maxnreg_stream"]}))
-    _finish_kernel[(batch,)](
-        positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, gather, out, stats,
-        KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, TOP_J=cfg["top_j"], num_warps=cfg["warps_finish"])
-    fallback_rows = (out == NEEDS_FALLBACK.value) if report is not None else None
-    _fallback_kernel[(batch,)](
-        logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-        vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
+    with on_device(device):  # Triton launches on the current device: make it the tensors' one
+        _stream_kernel[(batch, splits)](
+            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
+            vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, TOP_J=cfg["top_j"],
+            num_warps=cfg["warps_stream"], **({} if interp else {"maxnreg": cfg["maxnreg_stream"]}))
+        _finish_kernel[(batch,)](
+            positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, gather, out, stats,
+            KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, TOP_J=cfg["top_j"], num_warps=cfg["warps_finish"])
+        fallback_rows = (out == NEEDS_FALLBACK.value) if report is not None else None
+        _fallback_kernel[(batch,)](
+            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
+            vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
     if report is not None:
         report["merges"] = stats.view(batch, 4)[:, 2].to(torch.int64)
         report["cuts"] = stats.view(batch, 4)[:, 3].to(torch.int64)
