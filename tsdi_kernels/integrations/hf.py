@@ -232,22 +232,26 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
                     scores += (processed - strength * bias_dev[t] if in_range else processed,)
                 if want_logits:
                     raw_logits += (logits,)
-                # On a GPU the op leaves bad-row codes (negative ids) on the device; they are read below, in the
-                # step's one synchronisation (the stopping check), instead of in the op.
-                worst = next_tokens.min() if next_tokens.device.type != "cpu" else None
+                # On a GPU the op does not synchronise: a bad row comes back as a negative id (its status code),
+                # and none may reach user code (HF's StopStringCriteria indexes an embedding with the ids: a
+                # device-side assert instead of the ValueError). With a streamer the step synchronises here anyway:
+                # the ids are checked before it sees them. Otherwise the stopping criteria see bad rows clamped to 0
+                # and the check runs at the step's one synchronisation below. (On a CPU the op raised already.)
                 drawn = next_tokens
                 if has_eos:
                     next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
                 if streamer is not None:
-                    streamer.put(next_tokens.cpu())
-                unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
-                if worst is None:
-                    running = int(unfinished.max())
-                else:
-                    running, lowest = torch.stack([unfinished.max().to(torch.int64), worst]).tolist()
-                    if lowest < 0:
+                    host = torch.stack([drawn, next_tokens]).cpu()
+                    if int(host[0].min()) < 0:
                         check_tokens(drawn)
+                    streamer.put(host[1])
+                else:
+                    next_tokens = next_tokens.clamp(min=0)
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+                unfinished = unfinished & ~stopping_criteria(input_ids, scores or None)
+                running, lowest = torch.stack([unfinished.max().to(torch.int64), drawn.min()]).tolist()
+                if lowest < 0:
+                    check_tokens(drawn)
                 if running == 0:
                     break
                 outputs = model_forward(**decode_inputs(input_ids, model_kwargs), return_dict=True)
