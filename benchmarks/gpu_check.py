@@ -18,13 +18,17 @@
    calls; the table shows which ([G] / [E]): a graph time is device time only, an event time may include host
    work, so compare like with like;
 3. logit_mean_update (L = 4 answer positions, bf16) over B x V against the eager and the compiled reference;
-4. runs the GPU tests (`pytest -m gpu tests`, the tests marked `gpu` wherever they live) with what is left of
-   the time budget, and records the result.
+4. runs the GPU tests (`pytest -m gpu tests`, the tests marked `gpu` wherever they live, without the repository's
+   pytest `addopts`, which name pytest-benchmark: the GPU image has no pytest-benchmark), and records the result.
 --profile splits each debias_sample call (ours and each baseline) into its kernels with torch.profiler: kernel
-names and device microseconds per call. The cases run in order of importance (the issue's bar shapes first) and
-no new case starts once the budget is spent, so the whole script stays under 6 minutes including Triton JIT and
-torch.compile (--budget-s, default 330 s from start; --tests-s of it is kept for the tests). Prints a table and
-writes JSON after every case (--out, default $OUT/gpu_check.json when OUT is set, else ./gpu_check.json).
+names and device microseconds per call. The cases run in order of importance (the issue's bar shapes first).
+
+The whole script stays under 6 minutes including Triton JIT and torch.compile whatever happens (--budget-s, default
+330 s from start): each phase runs in a subprocess with its own share of the budget (phase_budgets: the timings get
+what the tests (--tests-s) and the final report (MARGIN_S) leave), and is killed, with its process group, when its
+share is spent. Inside the timings, no case starts after their deadline and the measurement loops stop at it. A
+killed phase keeps what it had: the timings write JSON after every case (--out, default $OUT/gpu_check.json when OUT
+is set, else ./gpu_check.json), pytest's output goes to a file read back. Prints a table at the end.
 --cpu-smoke runs the same code on CPU tensors at small shapes (wall-clock timings, no tests): a check of this
 script itself on a machine without a GPU. Needs no compiled extension (TSDI_DISABLE_EXTENSION=1).
 
@@ -45,9 +49,11 @@ _T0 = time.time()  # the budget counts from here: imports and JIT included
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 if __package__:  # python3 -m benchmarks.gpu_check
     from .baselines import SAMPLING, hf_sampler
@@ -63,6 +69,9 @@ BIAS_ROWS = 16
 ACC_LENGTH = 4  # answer positions per accumulator update (B x 4 x V per input)
 SMOKE_BATCHES, SMOKE_VOCAB = (1, 8), 4096
 METHOD_TAG = {"graph": "G", "events": "E", "wall": "W"}
+MARGIN_S = 10.0  # kept at the end of the budget for the report (reading JSON, the table)
+# When the current phase must stop (epoch seconds): the measurement loops check it (set by the timings phase).
+DEADLINE = float("inf")
 
 
 def planned_cases(quick: bool, smoke: bool = False):
@@ -98,7 +107,38 @@ def parse_args(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd references")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run the script's own code on CPU tensors at small shapes (no GPU needed; no tests)")
+    ap.add_argument("--timings-until", type=float, default=None,
+                    help=argparse.SUPPRESS)  # internal: run the timings phase alone, until this epoch second
     return ap.parse_args(argv)
+
+
+# --- the budget -----------------------------------------------------------------------------------------------
+
+
+def phase_budgets(budget_s, tests_s, elapsed_s, run_tests, margin_s=MARGIN_S):
+    """Seconds for the timings phase and for the tests phase out of what is left of the budget after `elapsed_s`,
+    MARGIN_S kept for the report: the tests get up to `tests_s`, the timings the rest."""
+    left = max(0.0, budget_s - elapsed_s - margin_s)
+    tests = min(tests_s, left) if run_tests else 0.0
+    return {"timings": left - tests, "tests": tests}
+
+
+def past_deadline():
+    return time.time() > DEADLINE
+
+
+def run_bounded(cmd, timeout_s, **popen_kwargs):
+    """(exit status, seconds) of `cmd` run in its own process group, the whole group killed after `timeout_s`
+    (status 124 then): a phase stuck in a JIT compile or a hung kernel cannot hold the script past its share."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
+    try:
+        code = proc.wait(timeout=max(0.0, timeout_s))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        code = 124
+    return code, round(time.time() - t0, 1)
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
@@ -134,6 +174,8 @@ def _time_graph(fn, reps):
         return None, f"{type(exc).__name__}: {exc}"[:200]
     times = []
     for _ in range(max(5, reps // inner)):
+        if times and past_deadline():
+            break
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()
@@ -152,6 +194,8 @@ def _time_events(fn, reps):
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
+        if times and past_deadline():
+            break
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -166,6 +210,8 @@ def _time_wall(fn, reps):
     fn()
     times = []
     for _ in range(reps):
+        if times and past_deadline():
+            break
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e6)
@@ -336,6 +382,9 @@ def bench_sample(case, reps, baselines, device, profile):
     row["eager_us"], _ = measure_eager(ours, reps, device)
     row["baselines"] = {}
     for name, make in baselines.items():
+        if past_deadline():
+            row["baselines"][name] = {"us": None, "error": "time budget"}
+            continue
         try:
             fn = make(a, config)
             us, method, why = measure(fn, reps, device)
@@ -376,6 +425,9 @@ def bench_accumulate(case, reps, compiled_ref, device):
     row["baselines"] = {}
     refs = [("reference", reference.logit_mean_update)] + ([("compiled_ref", compiled_ref)] if compiled_ref else [])
     for name, fn in refs:
+        if past_deadline():
+            row["baselines"][name] = {"us": None, "error": "time budget"}
+            continue
         try:  # both read a flag on the host (a sync): eager calls only
             us, method = measure_eager(lambda: fn(*stats, aligned, ref, None, True), max(5, reps // 5), device)
             row["baselines"][name] = {"us": us, "method": method}
@@ -387,24 +439,28 @@ def bench_accumulate(case, reps, compiled_ref, device):
     return row
 
 
+def tests_command():
+    """pytest over the tests marked `gpu`, with none of the repository's `addopts` (they pass pytest-benchmark's
+    --benchmark-disable, and the GPU image has no pytest-benchmark) and no cache written into the tree."""
+    return [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider", "-o", "addopts=",
+            "tests"]
+
+
 def run_tests(timeout_s):
-    """`pytest -m gpu tests` from the repository root, the source tree first on the path."""
-    t0 = time.time()
+    """The GPU tests from the repository root, the source tree first on the path; killed after `timeout_s`."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]
+    cmd = tests_command()
     print(f"running {' '.join(cmd[2:])} (timeout {timeout_s:.0f} s)", flush=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=root, env=env)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        print(out[-3000:])
-        return {"returncode": 124, "seconds": round(time.time() - t0, 1),
-                "summary": f"timed out after {timeout_s:.0f} s"}
-    tail = (proc.stdout + proc.stderr)[-3000:]
+    with tempfile.TemporaryFile(mode="w+") as log:  # a file, so that a killed run keeps its output
+        code, seconds = run_bounded(cmd, timeout_s, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+        log.seek(0)
+        tail = log.read()[-3000:]
     print(tail)
-    return {"returncode": proc.returncode, "seconds": round(time.time() - t0, 1),
-            "summary": tail.strip().splitlines()[-1] if tail.strip() else ""}
+    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+    return {"returncode": code, "seconds": seconds,
+            "summary": f"killed after {timeout_s:.0f} s (its share of the budget); last line: {last}" if code == 124
+            else last}
 
 
 # --- derived figures and the table ----------------------------------------------------------------------------
@@ -480,19 +536,21 @@ def format_kernels(row):
 
 
 def _write(result, path):
+    """Atomically (a killed phase leaves the previous complete file, never half of one), with the user's umask."""
+    from tsdi_kernels.pipeline.files import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write(path, write)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    cases = planned_cases(args.quick, args.cpu_smoke)
-    if args.dry_run:
-        for c in cases:
-            print(f"{c['op']:18s} {c['config']:9s} B={c['batch']:<4d} V={c['vocab']}")
-        print(f"{len(cases)} cases; JSON -> {args.out}")
-        return 0
+def run_timings(args, cases):
+    """The timings phase (a subprocess of main): cases in order until args.timings_until, JSON after each."""
+    global DEADLINE
+    DEADLINE = args.timings_until
     import torch
     import triton
 
@@ -503,9 +561,6 @@ def main(argv=None):
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (--dry-run lists the cases, --cpu-smoke checks this script)")
         return 2
-    run_tests_after = not (args.skip_tests or args.cpu_smoke)
-    deadline = _T0 + args.budget_s
-    timings_deadline = deadline - (args.tests_s if run_tests_after else 0.0)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} CPUs)",
               "sm_count": torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else None,
               "torch": torch.__version__, "triton": triton.__version__, "python": sys.version.split()[0],
@@ -517,15 +572,15 @@ def main(argv=None):
     result["launch_us"] = launch_us(device)
     print(f"device {result['device']}, copy bandwidth {result['copy_gbs']:.0f} GB/s, one launch "
           f"{result['launch_us']:.1f} us, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    result["rows"] = rows = []
+    _write(result, args.out)  # the machine's figures, kept even if the phase is killed before its first case
     baselines = sample_baselines(device, not args.no_compile)
     compiled_acc = None if args.no_compile else torch.compile(acc_reference.logit_mean_update, dynamic=True)
     names = {"debias_sample": list(baselines),
              "logit_mean_update": ["reference"] + ([] if args.no_compile else ["compiled_ref"])}
     result["baseline_names"] = names
-    rows = []
-    result["rows"] = rows
     for case in cases:
-        if time.time() > timings_deadline:
+        if past_deadline():
             rows.append(dict(case, skipped="time budget"))
             continue
         t_case = time.time()
@@ -546,25 +601,67 @@ def main(argv=None):
             print(line)
         result["seconds"] = round(time.time() - _T0, 1)
         _write(result, args.out)  # after every case: a run cut short keeps what it measured
-    if run_tests_after:
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        result["tests"] = run_tests(max(60.0, deadline - time.time()))
-    print()
-    where = f"{result['device']} ({result['sm_count']} SMs)" if result["sm_count"] else (
-        f"{result['device']}, load average {' '.join(f'{x:.2f}' for x in result['load_average'])} at the start")
-    print(f"{where}, torch {result['torch']}, triton {result['triton']}, python {result['python']}; "
-          f"backends {result['backends']['debias_sample']}")
-    for line in format_table(rows, result["copy_gbs"], result["launch_us"], names):
-        print(line)
+    return 0
+
+
+def print_report(result):
+    rows = result.get("rows", [])
+    names = result.get("baseline_names", {"debias_sample": [], "logit_mean_update": []})
+    if "device" in result:
+        where = f"{result['device']} ({result['sm_count']} SMs)" if result["sm_count"] else (
+            f"{result['device']}, load average {' '.join(f'{x:.2f}' for x in result['load_average'])} at the start")
+        print(f"{where}, torch {result['torch']}, triton {result['triton']}, python {result['python']}; "
+              f"backends {result['backends']['debias_sample']}")
+        for line in format_table(rows, result["copy_gbs"], result["launch_us"], names):
+            print(line)
     if "tests" in result:
         print(f"GPU tests: {result['tests']['summary']} (exit {result['tests']['returncode']}, "
               f"{result['tests']['seconds']} s)")
-    skipped = sum(1 for r in rows if r.get("skipped"))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    cases = planned_cases(args.quick, args.cpu_smoke)
+    if args.dry_run:
+        for c in cases:
+            print(f"{c['op']:18s} {c['config']:9s} B={c['batch']:<4d} V={c['vocab']}")
+        print(f"{len(cases)} cases; JSON -> {args.out}")
+        return 0
+    if args.timings_until is not None:
+        return run_timings(args, cases)
+    import tsdi_kernels.pipeline.files  # noqa: F401  (the JSON writer: imported before the budget is split)
+
+    run_tests_after = not (args.skip_tests or args.cpu_smoke)
+    budgets = phase_budgets(args.budget_s, args.tests_s, time.time() - _T0, run_tests_after)
+    print(f"budget {args.budget_s:.0f} s: timings {budgets['timings']:.0f} s, tests {budgets['tests']:.0f} s, "
+          f"report {MARGIN_S:.0f} s", flush=True)
+    if os.path.exists(args.out):
+        os.remove(args.out)  # what is read back below is this run's
+    # the timings stop by themselves at `until` (checked between and inside measurements); the kill 5 s later
+    # covers what they cannot interrupt (a Triton JIT, a torch.compile, a hung kernel)
+    until = time.time() + max(0.0, budgets["timings"] - 5.0)
+    code, seconds = run_bounded([sys.executable, os.path.abspath(__file__), *argv, "--timings-until", str(until)],
+                                budgets["timings"])
+    if code == 2:
+        return 2  # no CUDA device (the phase said so)
+    result = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            result = json.load(f)
+    result["timings_phase"] = {"returncode": code, "seconds": seconds}
+    if code == 124:
+        print(f"timings killed after {seconds} s (their share of the budget): the table has the cases before")
+    if run_tests_after:
+        left = phase_budgets(args.budget_s, args.tests_s, time.time() - _T0, True)
+        result["tests"] = run_tests(left["tests"])
+    print()
+    print_report(result)
+    skipped = sum(1 for r in result.get("rows", []) if r.get("skipped"))
     result["seconds"] = round(time.time() - _T0, 1)
     _write(result, args.out)
     print(f"wrote {args.out} ({result['seconds']} s{f', {skipped} cases skipped for time' if skipped else ''})")
-    return 0 if result.get("tests", {}).get("returncode", 0) == 0 else 1
+    return 0 if code == 0 and result.get("tests", {}).get("returncode", 0) == 0 else 1
 
 
 if __name__ == "__main__":
