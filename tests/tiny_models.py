@@ -3,6 +3,8 @@
 - tiny_tokenizer(): a byte-level BPE (about 300 tokens) trained with `tokenizers` on a few sentences, with a
   chat template whose assistant header is one special token, <|assistant|>.
 - tiny_llama(): a 2-layer LlamaForCausalLM with hidden size 32.
+- shifted_pair(): (tokenizer, aligned, reference), aligned = reference with a randomly shifted output layer: a
+  real, position-independent bias (the evaluation, demo and walkthrough tests' pair).
 - BiasedLM: `reference` plus a KNOWN bias on its output logits at answer positions: the logit at a position t
   tokens after the last <|assistant|> token gets + bias[t] (t < L). The bias depends only on t, as TSDI assumes,
   so an estimate must recover it up to a per-position constant.
@@ -65,6 +67,17 @@ def tiny_llama(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int 
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
+
+
+def shifted_pair(shift: float = 0.3, *, seed: int = 3):
+    """(tokenizer, aligned, reference): tiny_llama(seed=0) twice, the aligned one's lm_head plus shift * N(0, 1)."""
+    tok = tiny_tokenizer()
+    reference = tiny_llama(len(tok), tokenizer=tok, seed=0)
+    aligned = tiny_llama(len(tok), tokenizer=tok, seed=0)
+    with torch.no_grad():
+        aligned.lm_head.weight.add_(shift * torch.randn(aligned.lm_head.weight.shape,
+                                                        generator=torch.Generator().manual_seed(seed)))
+    return tok, aligned, reference
 
 
 def known_bias(length: int, vocab_size: int, *, seed: int = 1, scale: float = 2.0) -> torch.Tensor:
