@@ -48,4 +48,6 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # tier does not depend on whether tsdi_kernels/_C in the tree was built for the current sources (the main suite
 # checks the C++ kernels against that same reference). TSDI_DISABLE_EXTENSION=0 uses a fresh build instead.
 export TSDI_DISABLE_EXTENSION="${TSDI_DISABLE_EXTENSION:-1}"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations "$@"
+# tests/test_architectures.py again here: the fused generate against model.generate under this venv's transformers,
+# the second supported version the main suite does not have.
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations tests/test_architectures.py "$@"

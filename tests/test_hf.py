@@ -201,16 +201,83 @@ def test_processor_with_beam_search_and_left_padding(setup):
     out = hf_generate(model, enc, bias, num_beams=3, do_sample=False, max_new_tokens=4)
     prompt_length = enc["input_ids"].shape[1]
     assert (out[:, prompt_length] == x).all() and (out[:, prompt_length + 1] == y).all()
-    with pytest.raises(ValueError, match="beam search"):
-        tsdi_kernels.generate(model, bias, **enc, num_beams=2, max_new_tokens=2)
 
 
-def test_unsupported_generation_options_are_refused(setup):
+UNFUSED = [  # generate kwargs the fused loop cannot reproduce, and the reason it names
+    (dict(num_beams=2, do_sample=False), "beam search"),
+    (dict(num_beams=2, do_sample=True), "beam sample"),
+    (dict(do_sample=True, typical_p=0.5), "TypicalLogitsWarper"),
+    (dict(do_sample=True, epsilon_cutoff=3e-4), "EpsilonLogitsWarper"),
+]
+
+
+@pytest.mark.parametrize("kwargs, reason", UNFUSED, ids=[r.split()[0] + "-" + str(i) for i, (_, r) in
+                                                         enumerate(UNFUSED)])
+def test_unfused_options_fall_back_to_hf_with_a_warning(setup, kwargs, reason):
+    """generate runs model.generate with the processor (same seed of torch's generator: the same tokens) and says
+    so in one line; the custom_generate callable used directly raises, naming the reason."""
     tok, model, enc, bias = setup
-    with pytest.raises(NotImplementedError, match="MinPLogitsWarper"):
-        tsdi_kernels.generate(model, bias, **enc, do_sample=True, min_p=0.1, max_new_tokens=2)
+    kw = dict(max_new_tokens=4, **kwargs)
+    torch.manual_seed(0)
+    expected = hf_generate(model, enc, bias, 0.5, **kw)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=f"{reason}.*running model.generate with TSDILogitsProcessor") as record:
+        got = tsdi_kernels.generate(model, bias, strength=0.5, seed=3, **enc, **kw)
+    assert len([w for w in record if "tsdi_kernels.generate" in str(w.message)]) == 1
+    assert "\n" not in str(record[0].message)
+    assert torch.equal(got, expected)
+    with pytest.raises(hf_mod.FusedUnsupported, match=f"{reason}.*TSDILogitsProcessor"):
+        model.generate(**enc, custom_generate=fused_sampler(bias), **kw)
+
+
+def test_fallback_streams_the_prompt_once(setup):
+    tok, model, enc, bias = setup
+    one = {k: v[:1] for k, v in enc.items()}
+    streamer = Recorder()
+    with pytest.warns(UserWarning, match="TypicalLogitsWarper"):
+        out = tsdi_kernels.generate(model, bias, **one, do_sample=True, typical_p=0.5, max_new_tokens=3,
+                                    streamer=streamer)
+    assert streamer.ended and torch.equal(streamer.chunks[0].reshape(-1), one["input_ids"][0])
+    assert torch.cat([c.reshape(-1) for c in streamer.chunks[1:]]).tolist() == out[0, one["input_ids"].shape[1]:].tolist()
+
+
+def test_assisted_decoding_falls_back(setup):
+    tok, model, enc, bias = setup
+    one = {k: v[:1] for k, v in enc.items()}  # HF's assisted decoding takes one row
+    kw = dict(do_sample=False, max_new_tokens=4)
+    expected = hf_generate(model, one, bias, 1.0, assistant_model=model, **kw)
+    with pytest.warns(UserWarning, match="assisted decoding"):
+        got = tsdi_kernels.generate(model, bias, **one, assistant_model=model, **kw)
+    assert torch.equal(got, expected)
+
+
+def test_custom_generate_is_refused(setup):
+    tok, model, enc, bias = setup
     with pytest.raises(ValueError, match="custom_generate"):
         tsdi_kernels.generate(model, bias, **enc, custom_generate=lambda **kw: None)
+
+
+@pytest.mark.parametrize("version, supported", [("5.17.0", True), ("5.19.0", True), ("5.24.0", True),
+                                                ("5.99.1.dev0", True), ("5.16.1", False), ("4.57.3", False),
+                                                ("6.0.0", False), ("unknown", False)])
+def test_transformers_version_check(monkeypatch, version, supported):
+    if supported:
+        hf_mod.check_transformers_version(version)
+    else:
+        with pytest.raises(ImportError, match=f"transformers{hf_mod.SUPPORTED_TRANSFORMERS}.*transformers "
+                                              f"{version} is installed"):
+            hf_mod.check_transformers_version(version)
+
+
+def test_unsupported_transformers_refused_at_import():
+    """Importing the integration under another transformers version (patched before the import) fails by name."""
+    import subprocess
+    import sys
+
+    code = ("import transformers; transformers.__version__ = '4.56.0'\n"
+            "try:\n    import tsdi_kernels.integrations.hf\nexcept ImportError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "transformers 4.56.0 is installed" in out.stdout and hf_mod.SUPPORTED_TRANSFORMERS in out.stdout, out
 
 
 @pytest.mark.parametrize("kwargs, match", [

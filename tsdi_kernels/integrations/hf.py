@@ -9,17 +9,44 @@
 
 Answer position t = input_ids.shape[1] - prompt_length, the same for every row: a left-padded batch's prompt
 length is the padded length, so row b's t-th generated token is always its t-th answer token.
+
+The fused loop is GenerationMixin._sample of the supported transformers versions step for step (prefill, cache
+and model-kwargs updates, next-step inputs, compiled forward), so it equals model.generate with the processor on
+every architecture (tests/test_architectures.py builds each causal LM type tiny). Where it cannot (beam search,
+assisted or contrastive decoding, synchronised GPUs, warpers it does not fuse, ...), `generate` runs
+model.generate with TSDILogitsProcessor and warns in one line; `fused_sampler` raises FusedUnsupported.
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
+import re
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
+import transformers
 from torch import Tensor
-from transformers import LogitsProcessor
-from transformers.generation import logits_process as _lp
+
+# The fused loop follows GenerationMixin._sample of these versions (identical in 5.17, 5.19 and 5.24, the versions
+# tested: tests/test_architectures.py runs in the main suite and in the vLLM tier); an older or a next major
+# version may decode differently, so it is refused here, at import, rather than generating different tokens.
+SUPPORTED_TRANSFORMERS = ">=5.17,<6"
+_SUPPORTED_RANGE = ((5, 17), (6, 0))
+
+
+def check_transformers_version(version: str) -> None:
+    """ImportError naming the installed and the supported transformers versions, unless `version` is supported."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None or not _SUPPORTED_RANGE[0] <= (int(match[1]), int(match[2])) < _SUPPORTED_RANGE[1]:
+        raise ImportError(f"tsdi_kernels' Hugging Face integration supports transformers{SUPPORTED_TRANSFORMERS} "
+                          f"(its fused generate follows those versions' decoding loop), but transformers {version} "
+                          f"is installed: pip install 'transformers{SUPPORTED_TRANSFORMERS}'")
+
+
+check_transformers_version(transformers.__version__)
+
+from transformers import LogitsProcessor  # noqa: E402  (after the version check)
+from transformers.generation import logits_process as _lp  # noqa: E402
+from transformers.generation.configuration_utils import GenerationMode  # noqa: E402
 
 from ..kernels import check_tokens, debias_sample
 from ..kernels.validation import check_strength
@@ -112,6 +139,18 @@ def row_seeds(seed: SeedLike, batch: int, device) -> Tensor:
     return values
 
 
+class FusedUnsupported(NotImplementedError):
+    """The fused loop cannot reproduce model.generate for these arguments (the message says why): `generate`
+    then runs model.generate with TSDILogitsProcessor instead; a direct `fused_sampler` user gets this error.
+    Raised before any forward pass. `reason`: why, in a few words; `prompt_length`: the length of the input_ids HF
+    prepared (where the answer starts)."""
+
+    def __init__(self, reason: str, prompt_length: Optional[int] = None):
+        hint = "" if prompt_length is None else "; use model.generate(logits_processor=[TSDILogitsProcessor(...)])"
+        super().__init__(reason + hint)
+        self.reason, self.prompt_length = reason, prompt_length
+
+
 def split_processors(logits_processor, do_sample: bool):
     """(other processors, temperature, top_k, top_p) from HF's prepared processor list: the fused op takes over
     TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, which HF appends after all other processors.
@@ -120,8 +159,7 @@ def split_processors(logits_processor, do_sample: bool):
     seen_warper = False
     for proc in logits_processor or []:
         if isinstance(proc, _OTHER_WARPERS):
-            raise NotImplementedError(f"fused TSDI generation does not implement {type(proc).__name__}; use "
-                                      "model.generate(logits_processor=[TSDILogitsProcessor(...)]) instead")
+            raise FusedUnsupported(f"the fused sampler does not implement {type(proc).__name__}")
         if isinstance(proc, _FUSED_WARPERS):
             seen_warper = True
             if isinstance(proc, _lp.TemperatureLogitsWarper):
@@ -130,43 +168,47 @@ def split_processors(logits_processor, do_sample: bool):
                 top_k = int(proc.top_k)
             else:
                 if getattr(proc, "min_tokens_to_keep", 1) > 1:
-                    raise NotImplementedError("fused TSDI generation supports top_p with min_tokens_to_keep=1 only")
+                    raise FusedUnsupported("the fused sampler supports top_p with min_tokens_to_keep=1 only")
                 top_p = float(proc.top_p)
             continue
         if seen_warper:
-            raise NotImplementedError(f"{type(proc).__name__} runs after HF's sampling warpers; the fused sampler "
-                                      "applies them last and cannot honour that order")
+            raise FusedUnsupported(f"{type(proc).__name__} runs after HF's sampling warpers; the fused sampler "
+                                   "applies them last and cannot honour that order")
         others.append(proc)
     if not do_sample:
         temperature, top_k, top_p = 0.0, 0, 1.0  # greedy: argmax of the debiased scores
     return others, temperature, top_k, top_p
 
 
-def _supports(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _decode_inputs_fn(model):
-    """The next decoding step's forward inputs, across transformers 5.x (5.17 slices by cache_position, later
-    versions take next_sequence_length). The signature is inspected once per generate call, not per step."""
-    if _supports(model.prepare_inputs_for_generation, "next_sequence_length"):
-        def prepare(input_ids, model_kwargs):
-            step = 1 if model_kwargs.get("use_cache", True) else None
-            return model.prepare_inputs_for_generation(input_ids, next_sequence_length=step, **model_kwargs)
-        return prepare
-    return lambda input_ids, model_kwargs: model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+def _decode_inputs(model, input_ids, model_kwargs):
+    """The next decoding step's forward inputs, as GenerationMixin._sample builds them in every supported version:
+    `next_sequence_length` is passed to every model, whether or not its override names it (Phi-3's takes it through
+    **kwargs and resets its cache at the long-rope switch: a loop that left it out fed the whole sequence again)."""
+    step = 1 if model_kwargs["use_cache"] else None
+    return model.prepare_inputs_for_generation(input_ids, next_sequence_length=step, **model_kwargs)
 
 
 def _decode_forward(model, model_kwargs, generation_config):
     """HF's choice of forward for decoding steps: the compiled call where HF would compile (static caches),
     else the module itself."""
-    valid = getattr(model, "_valid_auto_compile_criteria", None)
-    if callable(valid) and hasattr(model, "get_compiled_call") and valid(model_kwargs, generation_config):
+    if model._valid_auto_compile_criteria(model_kwargs, generation_config):
         return model.get_compiled_call(generation_config.compile_config)
     return model.__call__
+
+
+def _unfused_reason(model, generation_config, synced_gpus: bool) -> Optional[str]:
+    """Why GenerationMixin would not run its `_sample` loop (the one the fused loop mirrors) here, or None."""
+    mode = generation_config.get_generation_mode()
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        return f"{mode.value.replace('_', ' ')} is not the sampling loop the fused sampler mirrors"
+    if synced_gpus:
+        return "synced_gpus (DeepSpeed ZeRO-3 / FSDP) needs HF's synchronised loop"
+    if model.config.is_encoder_decoder:
+        return "encoder-decoder models are not supported by the fused loop"
+    if generation_config.return_dict_in_generate and (generation_config.output_attentions
+                                                      or generation_config.output_hidden_states):
+        return "output_attentions / output_hidden_states are not collected by the fused loop"
+    return None
 
 
 def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, seed: SeedLike = 0, streamer=None):
@@ -184,18 +226,20 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
     def tsdi_fused_sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
                           synced_gpus=False, streamer=None, **model_kwargs):
         streamer = streamer if streamer is not None else captured_streamer
-        if getattr(generation_config, "num_beams", 1) and generation_config.num_beams > 1:
-            raise ValueError("fused TSDI generation draws one sequence per row: for beam search use "
-                             "model.generate(logits_processor=[TSDILogitsProcessor(...)], num_beams=...)")
         batch, prompt_length = input_ids.shape
         device = input_ids.device
-        others, temperature, top_k, top_p = split_processors(logits_processor, generation_config.do_sample)
+        try:
+            reason = _unfused_reason(model, generation_config, synced_gpus)
+            if reason is not None:
+                raise FusedUnsupported(reason)
+            others, temperature, top_k, top_p = split_processors(logits_processor, generation_config.do_sample)
+        except FusedUnsupported as err:
+            raise FusedUnsupported(err.reason, prompt_length) from None
         seeds = row_seeds(seed, batch, device)
         # per-row parameters as tensors once, not rebuilt from scalars at every step
         temperature = torch.full((batch,), temperature, dtype=torch.float32, device=device)
         top_k = torch.full((batch,), top_k, dtype=torch.int64, device=device)
         top_p = torch.full((batch,), top_p, dtype=torch.float32, device=device)
-        decode_inputs = _decode_inputs_fn(model)
         bias_dev = None if table is None else table.to(device)
         pad = generation_config._pad_token_tensor
         has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
@@ -206,13 +250,12 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
         scores, raw_logits = (), ()
         unfinished = torch.ones(batch, dtype=torch.long, device=device)
 
+        # GenerationMixin._sample, step for step: its forward choice, its prefill (cache set-up, chunking), its
+        # decode-time model optimisation, then per step: model-kwargs update, logits, token, next inputs.
         model_forward = _decode_forward(model, model_kwargs, generation_config)
-        if hasattr(model, "_prefill"):
-            outputs = model._prefill(input_ids, generation_config, model_kwargs)
-        else:
-            outputs = model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True)
-        optimize = getattr(model, "_optimize_model_for_decode", None)  # e.g. MoE kernels for decoding (HF >= 5.x)
-        with optimize() if callable(optimize) else contextlib.nullcontext():
+        outputs = model._prefill(input_ids, generation_config, model_kwargs,
+                                 is_first_iteration=not generation_config.is_assistant)
+        with model._optimize_model_for_decode():
             while True:
                 model_kwargs = model._update_model_kwargs_for_generation(
                     outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder)
@@ -254,14 +297,18 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
                     check_tokens(drawn)
                 if running == 0:
                     break
-                outputs = model_forward(**decode_inputs(input_ids, model_kwargs), return_dict=True)
+                outputs = model_forward(**_decode_inputs(model, input_ids, model_kwargs), return_dict=True)
         if streamer is not None:
             streamer.end()
         if generation_config.return_dict_in_generate:
             from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+            # the cache, as HF returns it (its field is `cache` from 5.20 on, `past_key_values` before)
+            cache_key = next((k for k in ("cache", "past_key_values", "cache_params") if k in model_kwargs), None)
+            cache_field = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
             return GenerateDecoderOnlyOutput(sequences=input_ids, scores=scores if want_scores else None,
-                                             logits=raw_logits if want_logits else None)
+                                             logits=raw_logits if want_logits else None,
+                                             **{cache_field: model_kwargs.get(cache_key) if cache_key else None})
         return input_ids
 
     return tsdi_fused_sample
@@ -280,11 +327,49 @@ def generate(model, bias: Optional[BiasLike] = None, strength: float = 1.0, seed
     """
     if "custom_generate" in generate_kwargs:
         raise ValueError("`custom_generate` is set by tsdi_kernels.generate; call model.generate directly instead")
-    if generate_kwargs.get("num_beams", 1) > 1:
-        raise ValueError("tsdi_kernels.generate draws one sequence per row: for beam search use "
-                         "model.generate(logits_processor=[TSDILogitsProcessor(...)], num_beams=...)")
+    if generate_kwargs.get("assistant_model") is not None:
+        # HF hands a custom_generate callable no assistant: this is the one mode the callable cannot see
+        return _processor_generate(model, bias, strength, "assisted decoding (assistant_model) is not the sampling "
+                                   "loop the fused sampler mirrors", None, generate_kwargs)
     sampler = fused_sampler(bias, strength=strength, seed=seed, streamer=generate_kwargs.get("streamer"))
-    return model.generate(custom_generate=sampler, **generate_kwargs)
+    try:
+        return model.generate(custom_generate=sampler, **generate_kwargs)
+    except FusedUnsupported as err:  # raised before any forward pass
+        return _processor_generate(model, bias, strength, err.reason, err.prompt_length,
+                                   generate_kwargs)
+
+
+class _AfterPrompt:
+    """A streamer for the second generate call of a fallback: the first call already streamed the prompt."""
+
+    def __init__(self, streamer):
+        self.streamer, self.prompt_seen = streamer, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.streamer.put(value)
+        self.prompt_seen = True
+
+    def end(self):
+        self.streamer.end()
+
+
+def _processor_generate(model, bias, strength, reason: str, prompt_length: Optional[int], generate_kwargs):
+    """model.generate with TSDILogitsProcessor (the same distribution), announced in one line."""
+    warnings.warn(f"tsdi_kernels.generate: {reason}; running model.generate with TSDILogitsProcessor instead "
+                  "(the same distribution; HF draws with torch's generator, so `seed` is not used)", stacklevel=3)
+    kwargs = dict(generate_kwargs)
+    if prompt_length is None:
+        inputs = kwargs.get("input_ids", kwargs.get("inputs"))
+        if inputs is None:
+            raise ValueError("tsdi_kernels.generate needs `input_ids` (or `inputs`) to know where the answer starts")
+        prompt_length = inputs.shape[1]
+    elif kwargs.get("streamer") is not None:
+        kwargs["streamer"] = _AfterPrompt(kwargs["streamer"])
+    if bias is not None:
+        processors = list(kwargs.pop("logits_processor", None) or [])
+        kwargs["logits_processor"] = [*processors, TSDILogitsProcessor(bias, prompt_length, strength)]
+    return model.generate(**kwargs)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = True) -> dict:
