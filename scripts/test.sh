@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "[test.sh] 1/3 the environment (./.venv; first time about 6 minutes, then about 30 s)"
 bash scripts/setup_env.sh
-echo "[test.sh] 2/3 the test suite on CPU (3 to 5 minutes; pytest prints a dot per test)"
+# The first run also converts the embedded model into the suite's own cache, ./.test-cache (about a minute), and
+# tests/test_packaging.py builds the sdist and the wheel each run (the C++ extension: about a minute on 2 cores).
+echo "[test.sh] 2/3 the test suite on CPU (4 to 6 minutes; pytest prints a dot per test)"
 .venv/bin/python -m pytest -q "$@"
 echo "[test.sh] 2/3 every Triton kernel compiled with the GPU image's Triton too (first time 1-2 minutes)"
 bash scripts/compile_check_gpu_triton.sh
