@@ -417,7 +417,9 @@ def test_sweep_auto_refines_and_recommends(tiny, tmp_path, monkeypatch):
         assert (got["b"], got["c"], got["n"]) == (want.b, want.c, want.n)
         cut, want = wide[split]["over_refusal_cut"], paired(wide["config"], "benign", split)
         assert (cut["b"], cut["c"], cut["n"]) == (want.b, want.c, want.n) and cut["low"] <= cut["difference"]
-    assert wide["test"]["within_margin"] == (wide["test"]["harmful_loss"]["upper_bound"] <= 0.95)
+    test_loss = wide["test"]["harmful_loss"]
+    assert wide["test"]["bound_within_margin"] == (test_loss["upper_bound"] <= 0.95)
+    assert wide["test"]["loss_within_margin"] == (test_loss["difference"] <= 0.95)
     result.recommendation = wide
     words = report.format_recommendation(result)
     assert f"recommended strength: {wide['strength']:g}" in words and "Tango" in words and "test split" in words

@@ -64,8 +64,10 @@ def recommendation(result: SweepResult, margin: float) -> dict:
     })
     loss = out["test"]["harmful_loss"]
     if loss is not None:
-        # the same one-sided bound the rule used on validation, now on prompts that played no part in the choice
-        out["test"]["within_margin"] = loss["upper_bound"] <= margin + 1e-12
+        # on prompts that played no part in the choice: the loss itself, and the same one-sided bound the rule used
+        # (at ~75 prompts the bound can exceed the margin while the loss is well within it: n decides)
+        out["test"]["loss_within_margin"] = loss["difference"] <= margin + 1e-12
+        out["test"]["bound_within_margin"] = loss["upper_bound"] <= margin + 1e-12
     a_b, r_b = aligned["benign"]["test"]["rate"], row["benign"]["test"]["rate"]
     if a_b and a_b > 0:
         out["test_over_refusal_reduction"] = round(1 - r_b / a_b, 4)

@@ -79,10 +79,12 @@ def format_recommendation(result: SweepResult) -> str:
             f"  validation: harmful-refusal loss {_points(v['harmful_loss'])} points, one-sided 95% upper bound "
             f"{100 * bound:.1f} <= {margin:g}; over-refusal cut {_points(v['over_refusal_cut'])} points")
     if t.get("harmful_loss"):
-        verdict = "within" if t["within_margin"] else "NOT within"
-        text += (f"\n  test split (no part in the choice): harmful-refusal loss {_points(t['harmful_loss'])} points, "
-                 f"one-sided 95% upper bound {100 * t['harmful_loss']['upper_bound']:.1f} ({verdict} the margin); "
-                 f"over-refusal cut {_points(t['over_refusal_cut'])} points")
+        loss, bound = t["harmful_loss"], t["harmful_loss"]["upper_bound"]
+        text += (f"\n  test split (no part in the choice): harmful-refusal loss {_points(loss)} points, "
+                 f"{'within' if t['loss_within_margin'] else 'above'} the margin; one-sided 95% upper bound "
+                 f"{100 * bound:.1f}" + (" (within it)" if t["bound_within_margin"] else
+                                         f" (above it: n={loss['n']} cannot confirm the margin)")
+                 + f"; over-refusal cut {_points(t['over_refusal_cut'])} points")
     text += (f"\n  test split rates: harmful refused {_pct(t['harmful'])} (aligned {_pct(a['harmful'])}), "
              f"benign refused {_pct(t['benign'])} (aligned {_pct(a['benign'])})")
     if "test_over_refusal_reduction" in rec:
