@@ -137,8 +137,7 @@ def test_demo_is_delegated_or_reported(monkeypatch, capsys):
     monkeypatch.delattr(tsdi_kernels, "demo", raising=False)
     rc = main(["demo", "--anything"])
     assert "demo is not available" in one_line_error(capsys, rc)
-
-
+@pytest.mark.slow  # a subprocess that imports torch
 def test_console_entry_point_has_no_traceback(models, tmp_path):
     """The real process: a mismatched vocabulary exits 2 with one line on stderr."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -317,8 +316,6 @@ def test_help_and_argument_errors_do_not_import_torch(argv, rc):
     assert "HEAVY []" in proc.stdout, proc.stdout[-300:]
     if rc == 2:
         assert proc.stderr.count("tsdi: error:") == 1
-
-
 def test_console_script_help_does_not_import_torch():
     """The installed script itself, under -X importtime (what a user runs)."""
     script = os.path.join(os.path.dirname(sys.executable), "tsdi")
@@ -329,8 +326,7 @@ def test_console_script_help_does_not_import_torch():
     assert proc.returncode == 0 and "estimate" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "tsdi_kernels.cli" in imported and not {"torch", "transformers"} & imported
-
-
+@pytest.mark.slow  # a subprocess that imports torch
 def test_the_package_still_registers_the_ops_outside_the_cli():
     """The contract: `import tsdi_kernels` registers torch.ops.tsdi (also when a program named tsdi has torch
     imported already); under the CLI the kernel names are served on first use."""

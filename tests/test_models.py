@@ -86,6 +86,7 @@ def test_heldout_prompts_disjoint_from_training():
     assert not seen & {p.lower() for p in held["harmless"] + held["harmful"]}
 
 
+@pytest.mark.slow  # the embedded SmolLM2: converted from its GGUF on a cold cache (about a minute)
 @needs_gguf
 def test_embedded_model_loads_with_chat_template():
     model, tok = models.load_reference()
@@ -97,6 +98,7 @@ def test_embedded_model_loads_with_chat_template():
     assert logits.shape == (1, 3, 49152) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow  # the embedded SmolLM2: converted from its GGUF on a cold cache (about a minute)
 @needs_gguf
 def test_aligned_differs_from_reference_only_by_the_adapter():
     aligned, reference, _ = models.load_pair()

@@ -31,6 +31,9 @@ from tiny_models import shifted_pair, single_thread, tiny_tokenizer
 from tsdi_kernels import BiasTable
 
 
+pytestmark = pytest.mark.slow  # each step starts a process that imports torch and transformers
+
+
 def tsdi_command() -> list:
     """The console script of this environment, as a user runs it (else the module, for a checkout without it)."""
     script = Path(sys.executable).with_name("tsdi")

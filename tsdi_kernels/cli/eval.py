@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..evaluation.settings import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
+from . import common
 from .argtypes import nonneg_int, number, number_list, positive_int
 
 
@@ -171,20 +172,19 @@ def validate(args):
 
 # ------------------------------------------------------------------------------------------------ run
 def load_models(args):
-    """(aligned, reference, tokenizer): the folders given, or the embedded pair."""
-    import torch
-
+    """(aligned, reference, tokenizer): the folders given (float32, CPU), or the demo's embedded pair."""
     if args.aligned is None:
         from ..demo import models
 
         return models.load_pair()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
 
-    tokenizer = AutoTokenizer.from_pretrained(args.aligned)
+    tokenizer = common.load_tokenizer("--aligned", str(args.aligned))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    aligned = AutoModelForCausalLM.from_pretrained(args.aligned, dtype=torch.float32).eval()
-    reference = AutoModelForCausalLM.from_pretrained(args.reference, dtype=torch.float32).eval()
+    cpu = torch.device("cpu")
+    aligned = common.load_model("--aligned", str(args.aligned), cpu, "float32")
+    reference = common.load_model("--reference", str(args.reference), cpu, "float32")
     return aligned, reference, tokenizer
 
 

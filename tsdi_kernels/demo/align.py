@@ -212,10 +212,10 @@ def main(argv=None) -> int:
     }
     from safetensors.torch import save_file
 
+    from tsdi_kernels.pipeline.files import atomic_write
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(args.out)
+    atomic_write(args.out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), training {train_s:.0f}s", flush=True)
     if not args.no_eval:
         aligned, _, _ = models.load_pair(adapter=args.out)
