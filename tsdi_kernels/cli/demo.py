@@ -78,7 +78,7 @@ def _unavailable(exc):
     return run
 
 
-DEFAULT_STRENGTHS = (0.5, 0.75, 1.0, 1.5)  # 0.75: what `tsdi eval` recommends for the embedded pair (README)
+DEFAULT_STRENGTHS = (0.5, 0.75, 1.0, 1.5)  # 0.5: what `tsdi eval` recommends for the embedded pair (README)
 
 
 def strengths_of(args) -> list[float]:

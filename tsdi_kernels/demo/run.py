@@ -32,7 +32,10 @@ from ..evaluation.refusal import COMPLY_PROBES, REFUSAL_PROBES, single_token_wor
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
 # the held-out file's lists and the evaluation's labels
 HELDOUT_LABELS = {"harmless": "benign", "harmful": "harmful"}
-RECOMMENDED_EMBEDDED = 0.75  # the strength `tsdi eval` recommends for the embedded pair (README)
+# the strength `tsdi eval --threads 1` (built-in prompts, --auto, margin 5) recommends for the embedded pair under
+# the paired rule (evaluation/paired.py): validation loss 0 of 76, bound 3.4 points; test split loss 2.7 points
+# (README, "How to choose the strength")
+RECOMMENDED_EMBEDDED = 0.5
 
 
 def load_prompts(path: Optional[Path] = None, limit: Optional[int] = None) -> list[Prompt]:
@@ -144,7 +147,8 @@ def demo(aligned, reference, tokenizer, args, *, log=print):
     log(format_table(result, mark_recommended=False))
     if args.model is None and args.adapter is None:
         log(f"strength to use on this pair: {RECOMMENDED_EMBEDDED:g}, recommended by `tsdi eval` on 150 + 150 "
-            "prompts (harmful refusal within 5 points of the aligned model's on its validation split); these "
+            "prompts (the one-sided 95% upper bound of its loss of harmful refusal, paired with the aligned model "
+            "on the validation split, within 5 points); these "
             f"{counts['benign']} + {counts['harmful']} prompts are too few to choose by (run `tsdi eval`)")
     info = {
         "command": " ".join(sys.argv),
