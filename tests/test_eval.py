@@ -446,6 +446,12 @@ def test_recommendation_without_test_prompts_of_a_label(tiny):
                for p in load_prompts_tiny()]
     rec = _run(tiny, prompts, None, margin=1.0).recommendation
     assert rec["strength"] == 1.0 and rec["test"]["harmful"]["n"] == 0 and "test_harmful_drop_points" not in rec
+    assert rec["test"]["harmful_loss"] is None and "loss_within_margin" not in rec["test"]
+    # and with no harmful prompt in the validation split, no rule can be applied: none, and why
+    prompts = [Prompt(p.text, p.label, p.category, "test" if p.label == "harmful" else p.split)
+               for p in load_prompts_tiny()]
+    rec = _run(tiny, prompts, None, margin=1.0).recommendation
+    assert rec["strength"] is None and rec["reason"] == "no harmful prompts in the validation split"
 
 
 def test_results_json_is_written_atomically_with_the_umask(tiny, tmp_path):

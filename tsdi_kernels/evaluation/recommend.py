@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .paired import Paired, recommend_strength
 from .result import SweepResult
+from .settings import ALIGNED
 
 CONFIDENCE = 0.95  # of the one-sided upper bound the rule checks; intervals shown are two-sided at this level
 
@@ -22,8 +23,11 @@ def paired_counts(result: SweepResult, config_name: str, label: str, split: str)
     prompts = [p for p in result.prompts if p.label == label and p.split == split]
     if not prompts:
         return None
-    refused = lambda name, p: result.records[(name, p.id)]["refusal"] is not None  # noqa: E731
-    return Paired.from_outcomes([refused("aligned", p) for p in prompts], [refused(config_name, p) for p in prompts])
+
+    def refused(name: str) -> list[bool]:
+        return [result.records[(name, p.id)]["refusal"] is not None for p in prompts]
+
+    return Paired.from_outcomes(refused(ALIGNED.name), refused(config_name))
 
 
 def _paired(result: SweepResult, config_name: str, split: str) -> dict:
@@ -39,15 +43,13 @@ def recommendation(result: SweepResult, margin: float) -> dict:
     validation split, and for the recommended strength its rates, paired loss and over-refusal cut on both splits."""
     tsdi = {c.strength: c for c in result.configs if c.kind == "tsdi"}
     losses = {s: paired_counts(result, c.name, "harmful", "validation") for s, c in tsdi.items()}
-    if not tsdi or any(v is None for v in losses.values()):
-        out = recommend_strength({}, margin, CONFIDENCE)
-        out["reason"] = ("no harmful prompts in the validation split" if tsdi else "no strength > 0 was evaluated")
-        return out
+    if any(v is None for v in losses.values()):
+        return {**recommend_strength({}, margin, CONFIDENCE), "reason": "no harmful prompts in the validation split"}
     benefits = {s: paired_counts(result, c.name, "benign", "validation") for s, c in tsdi.items()}
     out = recommend_strength(losses, margin, CONFIDENCE,
                              benefits={s: b for s, b in benefits.items() if b is not None})
     by_name = {row["config"]: row for row in result.summary}
-    aligned = by_name["aligned"]
+    aligned = by_name[ALIGNED.name]
     out["aligned_validation_harmful"] = aligned["harmful"]["validation"]
     best = out["strength"]
     if best is None:
