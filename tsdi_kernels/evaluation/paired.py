@@ -28,7 +28,9 @@ The strength rule (:func:`recommend_strength`): the largest evaluated strength s
 of the loss of harmful refusal is within the margin, for s and for every evaluated strength below s. Testing in
 the fixed order of increasing strength and stopping at the first failure is the fixed-sequence procedure
 (Maurer, Hothorn and Lehmacher 1995): the chance that any strength it accepts truly loses more than the margin
-stays at most 5% without a correction for the number of strengths tested.
+stays at most 5% without a correction for the number of strengths tested. (Exactly so for strengths fixed in
+advance; `tsdi eval --auto` picks its bisection points from the same validation answers, which makes it
+approximate there: the test split, which plays no part in the choice, is the check.)
 
 Pure Python (math only): no torch, no scipy.
 """
