@@ -66,6 +66,7 @@ def test_torch_compile_fullgraph(op_backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 def test_package_works_without_the_extension():
     """A machine whose torch differs from the build's cannot load _C: the package must still import, say so in
     backends(), and serve every op from the reference (simulated with TSDI_DISABLE_EXTENSION=1)."""

@@ -35,6 +35,7 @@ def _compile_tables(tmp_path, archs, *extra):
     return codes, rows, "\n".join(logs)
 
 
+@pytest.mark.slow  # compiles every kernel for two targets in subprocesses (about a minute)
 def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     # --quick: covering sets of the dtype / flag combinations (every kernel, every value of every flag)
     codes, rows, log = _compile_tables(tmp_path, (90, 80), "--quick")
