@@ -25,7 +25,8 @@ if os.environ.get("TSDI_DISABLE_EXTENSION", "0") != "1":
     cxx += [f"-DTSDI_{name}={status[name]}" for name in status["CODES"]]
     # The top-p tie factor likewise, from tsdi_kernels/kernels/semantics.py (exact in decimal: 1 - 2**-18).
     semantics = runpy.run_path(os.path.join("tsdi_kernels", "kernels", "semantics.py"))
-    cxx += [f"-DTSDI_TOP_P_SCALE={semantics['TOP_P_SCALE']!r}f"]
+    cxx += [f"-DTSDI_TOP_P_SCALE={semantics['TOP_P_SCALE']!r}f",
+            f"-DTSDI_MIN_P_LOG_SCALE={semantics['MIN_P_LOG_SCALE']!r}"]  # a double: 1 + 2**-18
     # One AVX2 build, no AVX-512 variant with run-time dispatch. Measured on the 2-core AMD EPYC development machine
     # (AVX2 + FMA, no AVX-512), 1 thread, B=8, V=128256 fp32 (8.2 MB of logits + bias rows per call):
     #   - torch's own vectorised sum of the same bytes: 0.17 ms (50 GB/s), the memory floor;

@@ -58,12 +58,16 @@ inline float mass_cutoff_gap(float p, int64_t vocab) {
 // Top-p keeps a token iff the mass above it is < p * kTopPScale (tsdi_kernels/kernels/semantics.py: a mass equal
 // to p drops the token whatever the rounding of exp and of the sums; 1 - 2**-18, exact in float).
 constexpr float kTopPScale = TSDI_TOP_P_SCALE;
+// Min-p keeps z - z_max >= float(log(min_p) * kMinPLogScale), the log and the product in double, rounded once
+// (semantics.py: the same threshold bit for bit on every backend; 1 + 2**-18 keeps exact boundaries).
+constexpr double kMinPLogScale = TSDI_MIN_P_LOG_SCALE;
 constexpr int64_t ERR_NAN = TSDI_ERR_NAN;
 constexpr int64_t ERR_NO_FINITE = TSDI_ERR_NO_FINITE;
 constexpr int64_t ERR_POSITION = TSDI_ERR_POSITION;
 constexpr int64_t ERR_TEMPERATURE = TSDI_ERR_TEMPERATURE;
 constexpr int64_t ERR_TOP_K = TSDI_ERR_TOP_K;
 constexpr int64_t ERR_TOP_P = TSDI_ERR_TOP_P;
+constexpr int64_t ERR_MIN_P = TSDI_ERR_MIN_P;
 
 enum class Mode { kGreedy, kFull, kFilter };
 
@@ -87,6 +91,8 @@ struct RowPlan {
   bool want_sum;  // online max / sum of exp over the whole row
   bool want_noise;  // inline Gumbel-max over the whole row (kFull rows of debias_sample)
   float gap;        // mass cutoff gap D of top-p-only rows (kInf: none)
+  float min_thr;    // min-p: keep z - z_max >= min_thr (-inf: min-p off)
+  float cut_gap;    // rows without top-k: tokens below (running max) - cut_gap are never kept (top-p or min-p)
   int64_t seed, position;
 };
 
@@ -136,8 +142,8 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   const Vec vs(rp.strength), vt(rp.temp), vgmax(kGumbelMax);
   const bool greedy = rp.mode == Mode::kGreedy, filter = rp.mode == Mode::kFilter;
   Vec nan_acc(0.f), dmax(-kInf);
-  const bool mass_cut = filter && rp.gap < kInf;
-  const Vec vgap(rp.gap);
+  const bool mass_cut = filter && rp.cut_gap < kInf;
+  const Vec vgap(rp.cut_gap);
   Vec m(kLowest), s(0.f);
   float best = out.best;
   int64_t best_idx = out.best_idx;
@@ -252,11 +258,12 @@ void scan_chunk(const RowPlan& rp, int64_t v0, int64_t v1, ChunkOut& out) {
   }
 }
 
-// Exact keep rule on candidates sorted in HF order. `complete`: they are all finite tokens of the row.
-// s_all: softmax denominator over the whole row (rows without top-k). Returns false when tokens outside the
-// candidates might be kept (top-p rows whose candidates carry less than top_p of the mass).
-bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, float s_all, std::vector<Cand>& kept,
-               float& s_kept) {
+// Exact keep rule on candidates sorted in HF order. `complete`: they are all finite tokens of the row; else
+// `floor`: every token with z >= floor is among them. s_all: softmax denominator over the whole row (rows without
+// top-k). Returns false when tokens outside the candidates might be kept (top-p rows whose candidates carry less
+// than top_p of the mass; min-p-only rows whose floor lies above the min-p threshold).
+bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, float min_thr, float floor,
+               float s_all, std::vector<Cand>& kept, float& s_kept) {
   kept.clear();
   s_kept = 0.f;
   const int64_t n = static_cast<int64_t>(c.size());
@@ -273,6 +280,9 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
     }
   }
   std::vector<char> keep(end, 1);
+  // min-p drops every token below the floor (rounding is monotone: such a token has z - top <= (the float below
+  // floor) - top): then nothing outside the candidates is kept, whatever top-p would say
+  const bool min_p_covers = min_thr > -kInf && !complete && std::nextafter(floor, -kInf) - top < min_thr;
   // TopPLogitsWarper: keep iff the mass ranked strictly above is < p * kTopPScale; the top token always.
   if (p < 1.f) {
     float s = s_all;
@@ -290,7 +300,13 @@ bool keep_rule(const std::vector<Cand>& c, bool complete, int64_t k, float p, fl
       const float above = static_cast<float>(cum) - pr;
       keep[i] = i == 0 || above < p_cut;
     }
-    if (k == 0 && !complete && cum < static_cast<double>(p) + kMassMargin) return false;
+    if (k == 0 && !complete && !min_p_covers && cum < static_cast<double>(p) + kMassMargin) return false;
+  } else if (k == 0 && !complete && min_thr > -kInf && !min_p_covers) {
+    return false;
+  }
+  // MinPLogitsWarper after top-p: the top token (z - top = 0 >= min_thr) is always kept
+  if (min_thr > -kInf) {
+    for (int64_t i = 0; i < end; ++i) keep[i] = keep[i] && c[i].z - top >= min_thr;
   }
   double acc = 0.0;
   for (int64_t i = 0; i < end; ++i) {
@@ -395,6 +411,7 @@ struct Problem {
   std::optional<at::Tensor> bias;
   at::Tensor positions, temperature, top_k, top_p, seed;
   double strength;
+  std::optional<at::Tensor> min_p;  // None: 0 (off) on every row
 };
 
 // Memory-safety preconditions only: the user-facing validation (messages naming the argument) is done once, in
@@ -413,7 +430,8 @@ void check_inputs(const Problem& pb, bool with_seed) {
                                 pb.bias->scalar_type() == at::kFloat && pb.bias->is_contiguous() &&
                                 pb.bias->size(1) == vocab)) &&
       row_ok(pb.positions, at::kLong) && row_ok(pb.temperature, at::kFloat) && row_ok(pb.top_k, at::kLong) &&
-      row_ok(pb.top_p, at::kFloat) && (!with_seed || row_ok(pb.seed, at::kLong));
+      row_ok(pb.top_p, at::kFloat) && (!with_seed || row_ok(pb.seed, at::kLong)) &&
+      (!pb.min_p.has_value() || row_ok(*pb.min_p, at::kFloat));
   TORCH_INTERNAL_ASSERT(ok, "tsdi_kernels._C: invalid arguments; call torch.ops.tsdi.*, which validates them");
 }
 
@@ -427,6 +445,8 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
   const auto positions = pb.positions.contiguous(), temperature = pb.temperature.contiguous(),
              top_k = pb.top_k.contiguous(), top_p = pb.top_p.contiguous();
   const auto seed = probs_mode ? at::Tensor() : pb.seed.contiguous();
+  const float* min_p = pb.min_p.has_value() ? pb.min_p->data_ptr<float>() : nullptr;
+  const int64_t min_p_stride = pb.min_p.has_value() ? pb.min_p->stride(0) : 0;
 
   std::vector<RowPlan> plans(batch);
   std::vector<int64_t> param_status(batch, 0);
@@ -439,8 +459,9 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
     // four reductions and a host round-trip per call. A bad row is reported by its code and run as a cheap
     // greedy row without bias (its result is discarded).
     // positions >= 2^32 would reuse the noise of pos mod 2^32 (32-bit Philox counter word): rejected
+    const float q = min_p ? min_p[b * min_p_stride] : 0.f;
     param_status[b] = (pos < 0 || (pos >> 32) != 0) ? ERR_POSITION : !(temp >= 0.f) ? ERR_TEMPERATURE : k_in < 0 ? ERR_TOP_K
-                      : !(p > 0.f && p <= 1.f) ? ERR_TOP_P : 0;
+                      : !(p > 0.f && p <= 1.f) ? ERR_TOP_P : !(q >= 0.f && q <= 1.f) ? ERR_MIN_P : 0;
     rp.x = base + b * row_stride;
     rp.bias = (param_status[b] == 0 && pos < bias_rows) ? bias + pos * vocab : nullptr;
     rp.strength = static_cast<float>(pb.strength);  // torch multiplies a float32 tensor by float(strength)
@@ -450,11 +471,16 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
     rp.top_k = (k > 0 && k < vocab) ? k : 0;
     rp.seed = probs_mode ? 0 : seed.data_ptr<int64_t>()[b * seed.stride(0)];
     rp.position = pos;
-    rp.mode = (rp.temp == 0.f || param_status[b] != 0) ? Mode::kGreedy : (rp.top_k == 0 && !(rp.top_p < 1.f)) ? Mode::kFull : Mode::kFilter;
+    rp.min_thr = (param_status[b] == 0 && q > 0.f)
+                     ? static_cast<float>(std::log(static_cast<double>(q)) * kMinPLogScale) : -kInf;
+    rp.mode = (rp.temp == 0.f || param_status[b] != 0) ? Mode::kGreedy
+              : (rp.top_k == 0 && !(rp.top_p < 1.f) && rp.min_thr == -kInf) ? Mode::kFull : Mode::kFilter;
     rp.cap = rp.top_k > 0 ? std::max<int64_t>(2 * rp.top_k, kCapTopK) : kCapTopP;
     rp.want_sum = (rp.mode == Mode::kFilter && rp.top_k == 0) || (rp.mode == Mode::kFull && probs_mode);
     rp.want_noise = rp.mode == Mode::kFull && !probs_mode;
     rp.gap = (rp.mode == Mode::kFilter && rp.top_k == 0) ? mass_cutoff_gap(rp.top_p, vocab) : kInf;
+    // min-p drops z < z_max + min_thr, and the running max only rises: z < m - (-min_thr) is never kept
+    rp.cut_gap = (rp.mode == Mode::kFilter && rp.top_k == 0) ? std::min(rp.gap, -rp.min_thr) : kInf;
   }
 
   // Phase 1: fused pass over every (row, chunk).
@@ -474,7 +500,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       chunks[i].cutoff = carried;
       scan_chunk<T>(plans[b], v0, std::min(vocab, v0 + kChunk), chunks[i]);
       carried = chunks[i].cutoff;
-      if (plans[b].gap < kInf && chunks[i].m > kLowest) carried = std::max(carried, chunks[i].m - plans[b].gap);
+      if (plans[b].cut_gap < kInf && chunks[i].m > kLowest) carried = std::max(carried, chunks[i].m - plans[b].cut_gap);
     }
   });
 
@@ -529,7 +555,7 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
       bool done = false;
       if (!bad && rp.mode == Mode::kFilter) {
         std::vector<Cand> cand;
-        if (rp.gap < kInf) cutoff = std::max(cutoff, m - rp.gap);  // see mass_cutoff_gap
+        if (rp.cut_gap < kInf) cutoff = std::max(cutoff, m - rp.cut_gap);  // see mass_cutoff_gap, min_thr
         for (int64_t c = 0; c < nchunk; ++c) {
           for (const Cand& e : ch[c].cand) {
             if (e.z >= cutoff) cand.push_back(e);
@@ -545,26 +571,33 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
         }
         // no chunk ever compacted -> the candidates are all finite tokens
         bool complete = cutoff == kLowest;
-        if (k == 0) {
+        if (k == 0 && rp.top_p < 1.f) {
           const int64_t end = select_by_mass(cand, m, s, rp.top_p);
           complete &= end == static_cast<int64_t>(cand.size());
           cand.resize(end);
         } else {
           std::sort(cand.begin(), cand.end(), hf_before);
         }
-        done = keep_rule(cand, complete, rp.top_k, rp.top_p, s, res.kept, s_kept);
+        done = keep_rule(cand, complete, rp.top_k, rp.top_p, rp.min_thr, cutoff, s, res.kept, s_kept);
       }
       if (!done && !bad && rp.gap < kInf) {  // second pass: every token above the mass cutoff (a flat row)
         // With the row's sum s known, tokens below m - (gap - log s) carry at most V e^(gap_s - gap) / s
         // = 1 - p - 2 margins of the mass, so the cutoff tightens by log(s) >= 0 (s >= 1: the max counts 1).
         auto above = all_tokens<T>(rp, vocab, false, m - (rp.gap - std::log(std::max(s, 1.f))), false);
         above.resize(select_by_mass(above, m, s, rp.top_p));
-        done = keep_rule(above, false, rp.top_k, rp.top_p, s, res.kept, s_kept);
+        done = keep_rule(above, false, rp.top_k, rp.top_p, rp.min_thr, kInf, s, res.kept, s_kept);
+      } else if (!done && !bad && rp.min_thr > -kInf && rp.top_k == 0) {  // min-p only: every token above
+        // z_max + min_thr, less a few units in the last place (the rounding of that sum and of z - z_max)
+        float zmin = m + rp.min_thr;
+        for (int i = 0; i < 4; ++i) zmin = std::nextafter(zmin, -kInf);
+        auto above = all_tokens<T>(rp, vocab, false, zmin);
+        done = keep_rule(above, false, 0, 1.f, rp.min_thr, zmin, s, res.kept, s_kept);
       }
       if (!done) {  // exact path: every finite token, sorted
         const auto all = all_tokens<T>(rp, vocab, bad, -kInf);
         const float s_all = bad ? static_cast<float>(vocab) : s;
-        keep_rule(all, true, rp.top_k, rp.mode == Mode::kFilter ? rp.top_p : 1.f, s_all, res.kept, s_kept);
+        keep_rule(all, true, rp.top_k, rp.mode == Mode::kFilter ? rp.top_p : 1.f,
+                  rp.mode == Mode::kFilter ? rp.min_thr : -kInf, -kInf, s_all, res.kept, s_kept);
       }
       if (!probs_mode) {
         res.token = gumbel_max(res.kept, rp);
@@ -617,8 +650,9 @@ void run(const Problem& pb, bool probs_mode, int64_t* tokens, float* probs, int6
 
 at::Tensor debias_sample_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                              const at::Tensor& positions, const at::Tensor& temperature, const at::Tensor& top_k,
-                             const at::Tensor& top_p, const at::Tensor& seed, double strength) {
-  const Problem pb{logits, bias, positions, temperature, top_k, top_p, seed, strength};
+                             const at::Tensor& top_p, const at::Tensor& seed, double strength,
+                             const std::optional<at::Tensor>& min_p) {
+  const Problem pb{logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p};
   check_inputs(pb, true);
   auto tokens = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
   dispatch_logit_dtype(logits.scalar_type(), [&](auto tag) {
@@ -630,8 +664,8 @@ at::Tensor debias_sample_cpu(const at::Tensor& logits, const std::optional<at::T
 std::tuple<at::Tensor, at::Tensor> debias_probs_cpu(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                                                     const at::Tensor& positions, const at::Tensor& temperature,
                                                     const at::Tensor& top_k, const at::Tensor& top_p,
-                                                    double strength) {
-  const Problem pb{logits, bias, positions, temperature, top_k, top_p, at::Tensor(), strength};
+                                                    double strength, const std::optional<at::Tensor>& min_p) {
+  const Problem pb{logits, bias, positions, temperature, top_k, top_p, at::Tensor(), strength, min_p};
   check_inputs(pb, false);
   auto probs = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(at::kFloat));
   auto status = at::zeros({logits.size(0)}, logits.options().dtype(at::kLong));

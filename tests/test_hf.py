@@ -2,10 +2,13 @@
 
 Greedy: token for token. Sampling: the fused op's exact distribution (debias_probs) equals HF's
 processor + warpers + softmax at every step (atol 1e-6)."""
+import warnings
+
 import pytest
 import torch
 from tiny_models import tiny_llama, tiny_tokenizer
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.logits_process import MinPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
 import tsdi_kernels
@@ -100,6 +103,33 @@ def test_fused_step_distribution_equals_hf(setup, monkeypatch, kwargs, params):
         fused = tsdi_kernels.debias_probs(logits, bias, positions=t, temperature=kw["temperature"],
                                           top_k=kw["top_k"], top_p=kw["top_p"])
         torch.testing.assert_close(fused, hf_probs(logits, bias, t, temperature, top_k, top_p), atol=1e-6, rtol=0)
+
+
+def test_min_p_is_fused_with_hf_semantics(setup, monkeypatch):
+    """A generation config's min_p reaches the op (no fallback), and each step's exact distribution equals HF's
+    processor + Temperature / TopK / TopP / MinP warpers + softmax."""
+    tok, model, enc, bias = setup
+    calls = []
+    real = hf_mod.debias_sample
+
+    def spy(logits, bias_, **kw):
+        calls.append((logits.clone(), kw))
+        return real(logits, bias_, **kw)
+
+    monkeypatch.setattr(hf_mod, "debias_sample", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        tsdi_kernels.generate(model, bias, seed=[1, 2, 3], **enc, do_sample=True, temperature=0.8, top_p=0.95,
+                              min_p=0.1, max_new_tokens=L + 1)
+    assert len(calls) == L + 1
+    for t, (logits, kw) in enumerate(calls):
+        assert kw["min_p"].tolist() == pytest.approx([0.1] * 3)
+        fused = tsdi_kernels.debias_probs(logits, bias, positions=t, temperature=0.8, top_k=50, top_p=0.95,
+                                          min_p=0.1)
+        procs = [TSDILogitsProcessor(bias, 0)] + hf_warpers(0.8, 50, 0.95) + [MinPLogitsWarper(0.1)]
+        fake_ids = torch.zeros(logits.shape[0], t, dtype=torch.long)
+        expected = torch.softmax(LogitsProcessorList(procs)(fake_ids, logits.clone()), -1)
+        torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
 
 
 def test_hf_generate_scores_equal_debias_probs(setup):
@@ -238,7 +268,8 @@ def test_fallback_streams_the_prompt_once(setup):
         out = tsdi_kernels.generate(model, bias, **one, do_sample=True, typical_p=0.5, max_new_tokens=3,
                                     streamer=streamer)
     assert streamer.ended and torch.equal(streamer.chunks[0].reshape(-1), one["input_ids"][0])
-    assert torch.cat([c.reshape(-1) for c in streamer.chunks[1:]]).tolist() == out[0, one["input_ids"].shape[1]:].tolist()
+    generated = out[0, one["input_ids"].shape[1]:].tolist()
+    assert torch.cat([c.reshape(-1) for c in streamer.chunks[1:]]).tolist() == generated
 
 
 def test_assisted_decoding_falls_back(setup):

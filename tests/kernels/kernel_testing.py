@@ -158,25 +158,29 @@ class Batch:
     seed: torch.Tensor
     strength: float = 1.0
     names: tuple = ()
+    min_p: Optional[torch.Tensor] = None  # [B] float32, or None: min-p off (the ops' default)
 
-    ROW_FIELDS = ("logits", "positions", "temperature", "top_k", "top_p", "seed")
+    ROW_FIELDS = ("logits", "positions", "temperature", "top_k", "top_p", "seed")  # and min_p when set
 
     @property
     def rows(self) -> int:
         return self.logits.shape[0]
 
     def sample_args(self) -> tuple:
+        # min_p last, and only when set: the ops' optional last argument
         return (self.logits, self.bias, self.positions, self.temperature, self.top_k, self.top_p, self.seed,
-                self.strength)
+                self.strength) + (() if self.min_p is None else (self.min_p,))
 
     def probs_args(self) -> tuple:
-        return (self.logits, self.bias, self.positions, self.temperature, self.top_k, self.top_p, self.strength)
+        return (self.logits, self.bias, self.positions, self.temperature, self.top_k, self.top_p,
+                self.strength) + (() if self.min_p is None else (self.min_p,))
 
     def take(self, index) -> "Batch":
         """The rows `index` (a slice or an index tensor), as a batch of their own."""
         rows = torch.arange(self.rows)[index].tolist()
         names = [self.names[i] for i in ([rows] if isinstance(rows, int) else rows)] if self.names else ()
-        return dataclasses.replace(self, names=tuple(names),
+        min_p = None if self.min_p is None else self.min_p[index]
+        return dataclasses.replace(self, names=tuple(names), min_p=min_p,
                                    **{f: getattr(self, f)[index] for f in self.ROW_FIELDS})
 
     def replace(self, **kw) -> "Batch":
@@ -441,7 +445,7 @@ def top_p_borderline_rows(batch: Batch, tol=1e-6) -> torch.Tensor:
     """Rows where some token's mass ranked above it is within `tol` of top_p: there the keep decision depends on
     the rounding of the softmax sum (torch.softmax's summation order and exp versus ours), so the kept sets may
     differ by that token. Computed with the reference's own numbers."""
-    logits, bias, positions, temperature, top_k, top_p, strength = batch.probs_args()
+    logits, bias, positions, temperature, top_k, top_p, strength = batch.probs_args()[:7]
     with single_thread():
         scaled, keep, greedy, codes, _ = sampling_reference._filtered(logits, bias, positions, temperature, top_k,
                                                                       torch.ones_like(top_p), strength)

@@ -4,8 +4,8 @@
    mode (greedy, sampling, beam search); HF's warpers and torch.multinomial do the rest.
 2. generate() / fused_sampler(): transformers' `generate(custom_generate=callable)` hook with a decoding loop
    whose token-selection step is one torch.ops.tsdi.debias_sample call (debias + temperature + top-k + top-p +
-   Gumbel-max draw, fused), replacing HF's Temperature/TopK/TopP warpers, softmax and multinomial. Any other
-   logits processor (repetition penalty, min length, bad words, ...) still runs before it, as in HF.
+   min-p + Gumbel-max draw, fused), replacing HF's Temperature/TopK/TopP/MinP warpers, softmax and multinomial.
+   Any other logits processor (repetition penalty, min length, bad words, ...) still runs before it, as in HF.
 
 Answer position t = input_ids.shape[1] - prompt_length, the same for every row: a left-padded batch's prompt
 length is the padded length, so row b's t-th generated token is always its t-th answer token.
@@ -56,10 +56,10 @@ BiasLike = Union[BiasTable, Tensor]
 SeedLike = Union[int, Sequence[int], Tensor]
 
 # Warpers the fused op implements, in the order HF applies them (GenerationMixin._get_logits_processor).
-_FUSED_WARPERS = (_lp.TemperatureLogitsWarper, _lp.TopKLogitsWarper, _lp.TopPLogitsWarper)
+_FUSED_WARPERS = (_lp.TemperatureLogitsWarper, _lp.TopKLogitsWarper, _lp.TopPLogitsWarper, _lp.MinPLogitsWarper)
 # Warpers it does not implement (getattr: not every transformers version has all of them).
 _OTHER_WARPERS = tuple(getattr(_lp, name) for name in (
-    "MinPLogitsWarper", "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper", "TopHLogitsWarper")
+    "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper", "TopHLogitsWarper")
     if hasattr(_lp, name))
 
 
@@ -152,10 +152,11 @@ class FusedUnsupported(NotImplementedError):
 
 
 def split_processors(logits_processor, do_sample: bool):
-    """(other processors, temperature, top_k, top_p) from HF's prepared processor list: the fused op takes over
-    TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, which HF appends after all other processors.
-    Reading the warpers HF built (rather than the generation config) gives HF's defaults for free, e.g. top_k=50."""
-    others, temperature, top_k, top_p = [], 1.0, 0, 1.0
+    """(other processors, temperature, top_k, top_p, min_p) from HF's prepared processor list: the fused op takes
+    over TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and MinPLogitsWarper, which HF appends in that
+    order after all other processors. Reading the warpers HF built (rather than the generation config) gives HF's
+    defaults for free, e.g. top_k=50."""
+    others, temperature, top_k, top_p, min_p = [], 1.0, 0, 1.0, 0.0
     seen_warper = False
     for proc in logits_processor or []:
         if isinstance(proc, _OTHER_WARPERS):
@@ -166,18 +167,21 @@ def split_processors(logits_processor, do_sample: bool):
                 temperature = float(proc.temperature)
             elif isinstance(proc, _lp.TopKLogitsWarper):
                 top_k = int(proc.top_k)
-            else:
-                if getattr(proc, "min_tokens_to_keep", 1) > 1:
-                    raise FusedUnsupported("the fused sampler supports top_p with min_tokens_to_keep=1 only")
+            elif getattr(proc, "min_tokens_to_keep", 1) > 1:
+                raise FusedUnsupported(f"the fused sampler supports {type(proc).__name__} with min_tokens_to_keep=1 "
+                                       "only")
+            elif isinstance(proc, _lp.TopPLogitsWarper):
                 top_p = float(proc.top_p)
+            else:
+                min_p = float(proc.min_p)
             continue
         if seen_warper:
             raise FusedUnsupported(f"{type(proc).__name__} runs after HF's sampling warpers; the fused sampler "
                                    "applies them last and cannot honour that order")
         others.append(proc)
     if not do_sample:
-        temperature, top_k, top_p = 0.0, 0, 1.0  # greedy: argmax of the debiased scores
-    return others, temperature, top_k, top_p
+        temperature, top_k, top_p, min_p = 0.0, 0, 1.0, 0.0  # greedy: argmax of the debiased scores
+    return others, temperature, top_k, top_p, min_p
 
 
 def _decode_inputs(model, input_ids, model_kwargs):
@@ -232,7 +236,8 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
             reason = _unfused_reason(model, generation_config, synced_gpus)
             if reason is not None:
                 raise FusedUnsupported(reason)
-            others, temperature, top_k, top_p = split_processors(logits_processor, generation_config.do_sample)
+            others, temperature, top_k, top_p, min_p = split_processors(logits_processor,
+                                                                        generation_config.do_sample)
         except FusedUnsupported as err:
             raise FusedUnsupported(err.reason, prompt_length) from None
         seeds = row_seeds(seed, batch, device)
@@ -240,6 +245,7 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
         temperature = torch.full((batch,), temperature, dtype=torch.float32, device=device)
         top_k = torch.full((batch,), top_k, dtype=torch.int64, device=device)
         top_p = torch.full((batch,), top_p, dtype=torch.float32, device=device)
+        min_p = torch.full((batch,), min_p, dtype=torch.float32, device=device) if min_p > 0 else 0.0
         bias_dev = None if table is None else table.to(device)
         pad = generation_config._pad_token_tensor
         has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
@@ -269,7 +275,7 @@ def fused_sampler(bias: Optional[BiasLike] = None, *, strength: float = 1.0, see
                     raise ValueError(f"`bias` has V = {bias_dev.shape[1]} but the model's logits have "
                                      f"V = {processed.shape[1]}: the table belongs to another vocabulary")
                 next_tokens = debias_sample(processed, bias_dev, positions=t, temperature=temperature, top_k=top_k,
-                                            top_p=top_p, seed=seeds, strength=strength)
+                                            top_p=top_p, seed=seeds, strength=strength, min_p=min_p)
                 if want_scores:
                     in_range = bias_dev is not None and t < bias_dev.shape[0]
                     scores += (processed - strength * bias_dev[t] if in_range else processed,)
@@ -319,7 +325,7 @@ def generate(model, bias: Optional[BiasLike] = None, strength: float = 1.0, seed
     """model.generate(**generate_kwargs) with the TSDI bias removed and the sampling step fused into one op.
 
     Honours the generation config as HF does: do_sample (False -> greedy), temperature, top_k (HF's default 50
-    when sampling), top_p, max_new_tokens, eos_token_id(s), pad_token_id, stopping_criteria, streamer, other
+    when sampling), top_p, min_p, max_new_tokens, eos_token_id(s), pad_token_id, stopping_criteria, streamer, other
     logits processors. `seed`: an int (row b uses seed + b) or one seed per row; row b's noise at answer step t
     is keyed by (seed[b], t), so the same seeds give the same tokens on CPU and GPU.
 

@@ -63,6 +63,15 @@ def _sampling_args(logits, positions, temperature, top_k, top_p):
     )
 
 
+def _min_p_arg(min_p: RowParam, logits) -> Optional[Tensor]:
+    """None for the scalar 0 (min-p off: the op's default, no tensor built), else a [B] float32 tensor."""
+    if isinstance(min_p, (int, float)) and not isinstance(min_p, bool) and min_p == 0:
+        return None
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        return None  # _sampling_args names `logits`
+    return _per_row("min_p", min_p, logits.shape[0], torch.float32, logits.device)
+
+
 def debias_sample(
     logits: Tensor,
     bias: Optional[Tensor] = None,
@@ -73,6 +82,7 @@ def debias_sample(
     top_p: RowParam = 1.0,
     seed: RowParam = 0,
     strength: float = 1.0,
+    min_p: RowParam = 0.0,
 ) -> Tensor:
     """Draw one token per row from the debiased, temperature-scaled, top-k / top-p filtered distribution.
 
@@ -82,6 +92,8 @@ def debias_sample(
     bias : [L, V] float32 or None. Row ``positions[b]`` is subtracted (times ``strength``) when it is < L.
     positions, temperature, top_k, top_p, seed : scalar or [B]. ``temperature=0`` is greedy, ``top_k=0`` and
         ``top_p=1`` disable the filters. The noise of row b is a pure function of (seed[b], positions[b]).
+    min_p : scalar or [B] in [0, 1], after top-p as in HF's MinPLogitsWarper: drops a token whose probability is
+        below ``min_p`` times the top token's. 0 (the default) disables it.
 
     Returns
     -------
@@ -95,7 +107,8 @@ def debias_sample(
     """
     positions, temperature, top_k, top_p = _sampling_args(logits, positions, temperature, top_k, top_p)
     seed = _per_row("seed", seed, logits.shape[0], torch.int64, logits.device)
-    return torch.ops.tsdi.debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
+    return torch.ops.tsdi.debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, float(strength),
+                                        _min_p_arg(min_p, logits))
 
 
 def debias_probs(
@@ -107,7 +120,9 @@ def debias_probs(
     top_k: RowParam = 0,
     top_p: RowParam = 1.0,
     strength: float = 1.0,
+    min_p: RowParam = 0.0,
 ) -> Tensor:
     """float32 [B, V]: the exact distribution :func:`debias_sample` draws from (greedy rows are one-hot)."""
     positions, temperature, top_k, top_p = _sampling_args(logits, positions, temperature, top_k, top_p)
-    return torch.ops.tsdi.debias_probs(logits, bias, positions, temperature, top_k, top_p, float(strength))
+    return torch.ops.tsdi.debias_probs(logits, bias, positions, temperature, top_k, top_p, float(strength),
+                                       _min_p_arg(min_p, logits))

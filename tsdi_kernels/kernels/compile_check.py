@@ -47,24 +47,31 @@ def _sampler_configs(quick: bool):
     variants = ([("bf16", True), ("fp32", False), ("fp16", True)] if quick
                 else [(d, b) for d in ("bf16", "fp32", "fp16") for b in (True, False)])
     common = {"positions_ptr": "*i64", "temperature_ptr": "*fp32", "top_k_ptr": "*i64", "top_p_ptr": "*fp32",
-              "seed_ptr": "*i64", "strength": "fp32", "vocab": "i32", "n_bias_rows": "i32", "stride_b": "i32"}
+              "seed_ptr": "*i64", "min_p_ptr": "*fp32", "strength": "fp32", "vocab": "i32", "n_bias_rows": "i32",
+              "stride_b": "i32"}
     for dtype, has_bias in variants:
         # quick: the stream kernel (20-25 s per compile, its sort dominates) skips fp16, whose load converts like
         # bf16's; the fallback kernel covers fp16 loads there
         if not (quick and dtype == "fp16"):
             sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", chunk="i32", part_f_ptr="*fp32",
                        part_i_ptr="*i64", cand_ptr="*i64")
-            yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}", True, sample._stream_kernel, sig,
-                   {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep, "TOP_J": cfg["top_j"]}, cfg["warps_stream"])
+            for has_min_p in ((False, True) if (dtype, has_bias) == ("bf16", True) else (False,)):
+                yield ("sample._stream_kernel", f"{dtype}-bias{int(has_bias)}" + "-minp" * has_min_p, True,
+                       sample._stream_kernel, sig, {"HAS_BIAS": has_bias, "BLOCK": block, "KEEP": keep,
+                                                    "TOP_J": cfg["top_j"], "HAS_MIN_P": has_min_p},
+                       cfg["warps_stream"])
         sig = dict(common, logits_ptr=_TY[dtype], bias_ptr="*fp32", stats_ptr="*fp32", out_ptr="*i64")
-        yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}", False, sample._fallback_kernel, sig,
-               {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"]}, cfg["warps_fallback"])
+        for has_min_p in ((False, True) if (dtype, has_bias) == ("bf16", True) else (False,)):
+            yield ("sample._fallback_kernel", f"{dtype}-bias{int(has_bias)}" + "-minp" * has_min_p, False,
+                   sample._fallback_kernel, sig, {"HAS_BIAS": has_bias, "BLOCK": cfg["block_fallback"],
+                                                  "HAS_MIN_P": has_min_p}, cfg["warps_fallback"])
     sig = dict(common, n_split="i32", part_f_ptr="*fp32", part_i_ptr="*i64", cand_ptr="*i64", gather_ptr="*i64",
                out_ptr="*i64",
                stats_ptr="*fp32")
-    yield ("sample._finish_kernel", f"keep{keep}", True, sample._finish_kernel, sig,
-           {"KEEP": keep, "BLOCK": block, "MAX_SPLITS": sample.MAX_SPLITS, "TOP_J": cfg["top_j"]},
-           cfg["warps_finish"])
+    for has_min_p in (False, True):
+        yield ("sample._finish_kernel", f"keep{keep}" + "-minp" * has_min_p, True, sample._finish_kernel, sig,
+               {"KEEP": keep, "BLOCK": block, "MAX_SPLITS": sample.MAX_SPLITS, "TOP_J": cfg["top_j"],
+                "HAS_MIN_P": has_min_p}, cfg["warps_finish"])
 
 
 def _accumulator_variants(quick: bool):

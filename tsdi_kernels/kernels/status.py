@@ -12,7 +12,7 @@ is not an error: the row is decided greedily, its T -> 0 limit, by every backend
 overflowed values).
 
 When a row has several problems, the first in this order is reported: parameters (position, temperature, top-k,
-top-p), then NaN, then no finite logit / +inf."""
+top-p, min-p), then NaN, then no finite logit / +inf."""
 
 ERR_NAN = -1  # a row of the debiased logits contains NaN
 ERR_NO_FINITE = -2  # a row has no finite debiased logit, or contains +inf
@@ -20,9 +20,10 @@ ERR_POSITION = -3  # positions[b] outside [0, 2**32): the noise key holds 32 bit
 ERR_TEMPERATURE = -4  # temperature[b] < 0 or NaN
 ERR_TOP_K = -5  # top_k[b] < 0
 ERR_TOP_P = -6  # top_p[b] outside (0, 1] or NaN
+ERR_MIN_P = -7  # min_p[b] outside [0, 1] or NaN
 
 # Codes are -1 .. -99; kernels may use values below -99 internally.
-CODES = ("ERR_NAN", "ERR_NO_FINITE", "ERR_POSITION", "ERR_TEMPERATURE", "ERR_TOP_K", "ERR_TOP_P")
+CODES = ("ERR_NAN", "ERR_NO_FINITE", "ERR_POSITION", "ERR_TEMPERATURE", "ERR_TOP_K", "ERR_TOP_P", "ERR_MIN_P")
 
 MESSAGES = {
     ERR_NAN: "row {row} of `logits` (minus strength * `bias`) contains NaN",
@@ -31,6 +32,7 @@ MESSAGES = {
     ERR_TEMPERATURE: "`temperature` must be >= 0 (0 = greedy) and not NaN (row {row})",
     ERR_TOP_K: "`top_k` must be >= 0 (0 = disabled) (row {row})",
     ERR_TOP_P: "`top_p` must be in (0, 1] (1 = disabled) (row {row})",
+    ERR_MIN_P: "`min_p` must be in [0, 1] (0 = disabled) (row {row})",
 }
 
 

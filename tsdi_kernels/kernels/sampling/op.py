@@ -20,15 +20,16 @@ from ..library import EXTENSION, LIB, backend_for, reference_notice, values_chec
 from ..validation import check_logits, check_no_grad, check_row_param, check_strength, fail
 from . import reference
 
-# one fused pass: debias, temperature, top-k, top-p, Gumbel-max draw keyed by (seed, position, token)
+# one fused pass: debias, temperature, top-k, top-p, min-p, Gumbel-max draw keyed by (seed, position, token).
+# min_p [B] float32 in [0, 1] (0 disables) comes last, optional: calls written before it keep working.
 LIB.define("debias_sample(Tensor logits, Tensor? bias, Tensor positions, Tensor temperature, Tensor top_k, "
-           "Tensor top_p, Tensor seed, float strength=1.0) -> Tensor")
+           "Tensor top_p, Tensor seed, float strength=1.0, Tensor? min_p=None) -> Tensor")
 # the exact distribution debias_sample draws from (greedy rows one-hot), float32 [B, V]
 LIB.define("debias_probs(Tensor logits, Tensor? bias, Tensor positions, Tensor temperature, Tensor top_k, "
-           "Tensor top_p, float strength=1.0) -> Tensor")
+           "Tensor top_p, float strength=1.0, Tensor? min_p=None) -> Tensor")
 
 
-def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, strength) -> None:
+def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p=None) -> None:
     """Shape / dtype / device checks (no data is read)."""
     check_logits(op, "logits", logits, 2, "[B, V]")
     batch, vocab = logits.shape
@@ -47,6 +48,8 @@ def check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, str
     check_row_param(op, "top_p", top_p, batch, torch.float32, device)
     if seed is not None:
         check_row_param(op, "seed", seed, batch, torch.int64, device)
+    if min_p is not None:
+        check_row_param(op, "min_p", min_p, batch, torch.float32, device)
     check_strength(strength, f"tsdi.{op}: `strength`")
 
 
@@ -70,8 +73,8 @@ def check_tokens(tokens: Tensor) -> Tensor:
     return tokens
 
 
-def _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength):
-    check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
+def _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p):
+    check_meta(op, logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p)
     if logits.stride(1) != 1:
         logits = logits.contiguous()  # kernels take any row stride but need unit stride along V
     if bias is not None:
@@ -79,11 +82,11 @@ def _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, stren
     return logits, bias
 
 
-def _triton_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength):
+def _triton_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p=None):
     from .triton_impl import debias_sample
 
     rows = [t.contiguous() for t in (positions, temperature, top_k, top_p, seed)]  # the kernels index b directly
-    return debias_sample(logits, bias, *rows, strength), None
+    return debias_sample(logits, bias, *rows, strength, None if min_p is None else min_p.contiguous()), None
 
 
 def _reference_sample(*args):
@@ -105,15 +108,16 @@ _PROBS = {
 }
 
 
-def _debias_sample_impl(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0):
+def _debias_sample_impl(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, min_p=None):
     op = "debias_sample"
-    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength)
+    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p)
     if logits.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=logits.device)
     backend = backend_for(logits.device.type)
     if backend == "reference":
         reference_notice(logits.device.type)
-    tokens, bad_row = _SAMPLE[backend](logits, bias, positions, temperature, top_k, top_p, seed, float(strength))
+    tokens, bad_row = _SAMPLE[backend](logits, bias, positions, temperature, top_k, top_p, seed, float(strength),
+                                       min_p)
     if bad_row is not None:
         if bad_row >= 0:
             fail(op, status.message(int(tokens[bad_row]), bad_row))
@@ -122,11 +126,11 @@ def _debias_sample_impl(logits, bias, positions, temperature, top_k, top_p, seed
     return tokens
 
 
-def _debias_probs_impl(logits, bias, positions, temperature, top_k, top_p, strength=1.0):
+def _debias_probs_impl(logits, bias, positions, temperature, top_k, top_p, strength=1.0, min_p=None):
     op = "debias_probs"
-    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, None, strength)
+    logits, bias = _prepare(op, logits, bias, positions, temperature, top_k, top_p, None, strength, min_p)
     kernel = _PROBS[backend_for(logits.device.type)]
-    probs, codes = kernel(logits, bias, positions, temperature, top_k, top_p, float(strength))
+    probs, codes = kernel(logits, bias, positions, temperature, top_k, top_p, float(strength), min_p)
     raise_row_status(op, codes)  # debias_probs is not a decode-loop op: it may synchronise
     return probs
 
@@ -137,12 +141,12 @@ for _key in ("CPU", "CUDA"):
 
 
 @torch.library.register_fake("tsdi::debias_sample", lib=LIB)
-def _debias_sample_fake(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0):
-    check_meta("debias_sample", logits, bias, positions, temperature, top_k, top_p, seed, strength)
+def _debias_sample_fake(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, min_p=None):
+    check_meta("debias_sample", logits, bias, positions, temperature, top_k, top_p, seed, strength, min_p)
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
 
 
 @torch.library.register_fake("tsdi::debias_probs", lib=LIB)
-def _debias_probs_fake(logits, bias, positions, temperature, top_k, top_p, strength=1.0):
-    check_meta("debias_probs", logits, bias, positions, temperature, top_k, top_p, None, strength)
+def _debias_probs_fake(logits, bias, positions, temperature, top_k, top_p, strength=1.0, min_p=None):
+    check_meta("debias_probs", logits, bias, positions, temperature, top_k, top_p, None, strength, min_p)
     return logits.new_empty(logits.shape, dtype=torch.float32)

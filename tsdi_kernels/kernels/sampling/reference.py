@@ -14,6 +14,8 @@ Sampling semantics (Hugging Face, exactly):
                    above it is < p * TOP_P_SCALE (the top token always kept; semantics.py: a mass equal to p
                    drops the token on every backend, as HF's rule does in exact arithmetic). Rank = z
                    descending; equal z are ranked by index descending (HF's ascending stable torch.sort).
+    min_p = q>0 -> MinPLogitsWarper on what top-p kept: keep z - z_max >= fl32(log(q) * MIN_P_LOG_SCALE)
+                   (semantics.py; z_max, the top token, is kept by top-k and top-p). min_p = None: 0 everywhere.
     draw        -> Gumbel-max over the kept set: argmax_v z_v + g_v, g_v = -log(-log(u_v)),
                    u_v = philox_uniform(seed[b], positions[b], v). Exact in distribution; ties to lowest index.
 """
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ..status import ERR_NAN, ERR_NO_FINITE, ERR_POSITION, ERR_TEMPERATURE, ERR_TOP_K, ERR_TOP_P
-from ..semantics import TOP_P_SCALE
+from ..semantics import MIN_P_LOG_SCALE, TOP_P_SCALE
+from ..status import ERR_MIN_P, ERR_NAN, ERR_NO_FINITE, ERR_POSITION, ERR_TEMPERATURE, ERR_TOP_K, ERR_TOP_P
 from .philox import gumbel_noise
 
 
@@ -36,12 +38,14 @@ def debiased_logits(logits, bias, positions, strength: float) -> torch.Tensor:
     return torch.where(in_range[:, None], z - strength * rows, z)
 
 
-def _row_status(z: torch.Tensor, positions, temperature, top_k, top_p) -> torch.Tensor:
+def _row_status(z: torch.Tensor, positions, temperature, top_k, top_p, min_p) -> torch.Tensor:
     """int64 [B]: 0 or the status code of each row (status.py; parameters first, then NaN, then no finite)."""
     status = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
     no_finite = ~torch.isfinite(z).any(dim=1) | (z == float("inf")).any(dim=1)
     status[no_finite] = ERR_NO_FINITE
     status[torch.isnan(z).any(dim=1)] = ERR_NAN
+    if min_p is not None:
+        status[~((min_p >= 0) & (min_p <= 1))] = ERR_MIN_P
     status[~((top_p > 0) & (top_p <= 1))] = ERR_TOP_P
     status[top_k < 0] = ERR_TOP_K
     status[~(temperature >= 0)] = ERR_TEMPERATURE
@@ -72,11 +76,22 @@ def _top_p_mask(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return keep | (top_p >= 1.0)[:, None]
 
 
-def _filtered(logits, bias, positions, temperature, top_k, top_p, strength):
+def min_p_threshold(min_p: torch.Tensor) -> torch.Tensor:
+    """float32 [B]: the largest z - z_max that min-p drops is below this (semantics.py); -inf where min_p = 0."""
+    return (min_p.double().log() * MIN_P_LOG_SCALE).float()
+
+
+def _min_p_mask(z: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """bool [B, V] of what MinPLogitsWarper keeps: z - z_max >= the row's threshold (z_max: the row's largest z)."""
+    z_max = z.max(dim=1, keepdim=True).values
+    return (z - z_max) >= min_p_threshold(min_p)[:, None]
+
+
+def _filtered(logits, bias, positions, temperature, top_k, top_p, strength, min_p=None):
     """(scaled, keep, greedy, status, safe): temperature-scaled debiased logits, the kept set, greedy rows, status
     codes, and the debiased logits with bad rows zeroed (greedy rows take their argmax)."""
     z = debiased_logits(logits, bias, positions, strength)
-    status = _row_status(z, positions, temperature, top_k, top_p)
+    status = _row_status(z, positions, temperature, top_k, top_p, min_p)
     safe = torch.where(status[:, None] == 0, z, torch.zeros_like(z))
     # T so small that max(z) / T overflows float32: no finite scaled logit is left to compare; the row is decided
     # as its T -> 0 limit, greedy (status.py).
@@ -85,21 +100,25 @@ def _filtered(logits, bias, positions, temperature, top_k, top_p, strength):
     keep = _top_k_mask(scaled, top_k)
     scaled_k = scaled.masked_fill(~keep, float("-inf"))
     keep &= _top_p_mask(scaled_k, top_p)
+    if min_p is not None:
+        keep &= _min_p_mask(scaled, min_p.clamp(0, 1))  # bad rows (status) are discarded anyway
     return scaled, keep, greedy, status, safe
 
 
-def debias_probs(logits, bias, positions, temperature, top_k, top_p, strength: float = 1.0):
+def debias_probs(logits, bias, positions, temperature, top_k, top_p, strength: float = 1.0, min_p=None):
     """(float32 [B, V] probabilities debias_sample draws from, int64 [B] status)."""
-    scaled, keep, greedy, status, safe = _filtered(logits, bias, positions, temperature, top_k, top_p, strength)
+    scaled, keep, greedy, status, safe = _filtered(logits, bias, positions, temperature, top_k, top_p, strength,
+                                                   min_p)
     probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=1)
     one_hot = torch.zeros_like(probs).scatter_(1, safe.argmax(dim=1, keepdim=True), 1.0)
     probs = torch.where(greedy[:, None], one_hot, probs)
     return probs, status
 
 
-def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength: float = 1.0):
+def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength: float = 1.0, min_p=None):
     """int64 [B] tokens (negative = status code of a bad row)."""
-    scaled, keep, greedy, status, safe = _filtered(logits, bias, positions, temperature, top_k, top_p, strength)
+    scaled, keep, greedy, status, safe = _filtered(logits, bias, positions, temperature, top_k, top_p, strength,
+                                                   min_p)
     noise = gumbel_noise(seed, positions, scaled.shape[1])
     perturbed = (scaled + noise).masked_fill(~keep, float("-inf"))
     tokens = torch.where(greedy, safe.argmax(dim=1), perturbed.argmax(dim=1))

@@ -1,4 +1,4 @@
-"""Fused debias + temperature + top-k + top-p + Gumbel-max sampler (Triton).
+"""Fused debias + temperature + top-k + top-p + min-p + Gumbel-max sampler (Triton).
 
 Semantics are exactly reference.py beside this file (read its docstring); this header gives the algorithm.
 Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions[b], v] (fp32):
@@ -34,6 +34,12 @@ Per row b, with s_v = z_v / T and z_v = logits[b, v] - strength * bias[positions
     (4 bits each) for the k-th largest value, 1 pass for Z_k, 16 passes over the 64-bit packed key for the top-p
     boundary, 1 pass for the Gumbel-max: a bounded worst case of 26 more reads of such a row.
 
+Min-p (HAS_MIN_P, a per-row threshold t = fl32(log(min_p) * MIN_P_LOG_SCALE), semantics.py) keeps s - m >= t
+among what top-k and top-p keep (m: the row max of s). A min-p row without top-k and top-p is a filtered row;
+tokens below m_run + t (less a margin) are never candidates; kernel 2 drops s - m < t from the kept set, and its
+prefix suffices when it is complete or its last value lies below the threshold; else kernel 3 decides the row.
+Without HAS_MIN_P the kernels compile exactly as before (no load, no register).
+
 Why the worst case is not "one more pass": the exact HF boundary of a flat row is an order statistic of up to
 V values (a selection); without an indexable on-chip buffer of V entries that needs log-many passes (radix
 select, as torch.topk does). The common case reads the logits once, writes 8 bytes per row.
@@ -57,6 +63,7 @@ import triton
 import triton.language as tl
 
 from .. import status as _status
+from ..semantics import MIN_P_LOG_SCALE as _MIN_P_LOG_SCALE
 from ..semantics import TOP_P_SCALE as _TOP_P_SCALE
 from ..triton_launch import on_device, sm_count, split_vocab
 
@@ -79,6 +86,8 @@ ERR_POSITION = tl.constexpr(_status.ERR_POSITION)
 ERR_TEMPERATURE = tl.constexpr(_status.ERR_TEMPERATURE)
 ERR_TOP_K = tl.constexpr(_status.ERR_TOP_K)
 ERR_TOP_P = tl.constexpr(_status.ERR_TOP_P)
+ERR_MIN_P = tl.constexpr(_status.ERR_MIN_P)
+MIN_P_LOG_SCALE = tl.constexpr(_MIN_P_LOG_SCALE)
 # top-p keeps a token iff the mass above it is < top_p * TOP_P_SCALE (semantics.py: ties at top_p drop the token)
 TOP_P_SCALE = tl.constexpr(_TOP_P_SCALE)
 # Per-split partials: 4 floats (max, sum of exp, greedy value, unfiltered value) and PART_I int64 slots (greedy
@@ -107,11 +116,26 @@ else:
 
 
 @triton.jit
-def _param_status(position, temperature, top_k, top_p):
+def _param_status(position, temperature, top_k, top_p, min_p):
     """status.py code of a row's parameters (0 = valid), checked in the kernel: no separate pass, no host sync."""
     return tl.where((position < 0) | (position >= 4294967296), ERR_POSITION,  # 32-bit Philox counter word
                     tl.where(~(temperature >= 0.0), ERR_TEMPERATURE,
-                             tl.where(top_k < 0, ERR_TOP_K, tl.where(~((top_p > 0.0) & (top_p <= 1.0)), ERR_TOP_P, 0))))
+                             tl.where(top_k < 0, ERR_TOP_K, tl.where(~((top_p > 0.0) & (top_p <= 1.0)), ERR_TOP_P,
+                                      tl.where(~((min_p >= 0.0) & (min_p <= 1.0)), ERR_MIN_P, 0)))))
+
+
+@triton.jit
+def _min_p_params(min_p_ptr, i_b, HAS_MIN_P: tl.constexpr):
+    """(min_p, threshold t) of row b: keep s - m >= t; (0, -inf) without min-p. t = fl32(log(min_p) * (1 + 2**-18))
+    with the log and the product in float64, rounded once: the reference's and the C++ kernel's threshold."""
+    if HAS_MIN_P:
+        min_p = tl.load(min_p_ptr + i_b)
+        q = tl.minimum(tl.maximum(min_p, 0.0), 1.0).to(tl.float64)  # a bad min_p is reported, never used
+        thr = tl.where(q > 0.0, (tl.log(tl.where(q > 0.0, q, 1.0)) * MIN_P_LOG_SCALE).to(tl.float32), float("-inf"))
+    else:
+        min_p = 0.0
+        thr = float("-inf")
+    return min_p, thr
 
 
 @triton.jit
@@ -161,8 +185,8 @@ def _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS: tl.
 @triton.jit
 def _stream_kernel(
     logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
-    strength, vocab, chunk, part_f_ptr, part_i_ptr, cand_ptr,
-    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr, TOP_J: tl.constexpr,
+    min_p_ptr, strength, vocab, chunk, part_f_ptr, part_i_ptr, cand_ptr,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr, TOP_J: tl.constexpr, HAS_MIN_P: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     HALF: tl.constexpr = KEEP // 2
@@ -174,13 +198,14 @@ def _stream_kernel(
     top_k = tl.load(top_k_ptr + i_b)
     top_p = tl.load(top_p_ptr + i_b)
     seed = tl.load(seed_ptr + i_b)
+    min_p, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
     # a row with invalid parameters is streamed as a cheap greedy row without bias; kernel 2 reports its code
-    bad_param = _param_status(position, temperature, top_k, top_p) != 0
+    bad_param = _param_status(position, temperature, top_k, top_p, min_p) != 0
     greedy = (temperature == 0.0) | bad_param
     position = tl.where(bad_param, n_bias_rows, position)
     inv_scale = tl.where(greedy, 1.0, temperature)  # reference: scaled = z / where(greedy, 1, T)
     no_top_k = (top_k == 0) | (top_k >= vocab)
-    unfiltered = (~greedy) & no_top_k & (top_p >= 1.0)
+    unfiltered = (~greedy) & no_top_k & (top_p >= 1.0) & (min_thr == float("-inf"))
     filtered = (~greedy) & (~unfiltered)
     # Candidates are only tokens with s >= m_run - near_span ("near"); far tokens provably do not matter:
     #   top-p (k = 0): far mass <= V e^-span = (1 - p) / e, so mass ranked above a far token > p: dropped;
@@ -188,6 +213,9 @@ def _stream_kernel(
     #     <= k e^-span < 2.5e-8 (fp32 rounding) with span >= ln k + 17.5;
     #   top-k alone: far survivors cannot win the Gumbel-max (G_SPAN).
     near_span = _near_span(top_k, top_p, vocab)
+    if HAS_MIN_P:
+        # min-p drops s < m + t and m_run <= m; 1/1024 of t plus 1e-3 more cover the rounding of m_run - span
+        near_span = tl.minimum(near_span, -min_thr * (1.0 + 1.0 / 1024) + 1e-3)
     bias_end = tl.where(position < n_bias_rows, vocab, 0)
     p_logits = logits_ptr + i_b.to(tl.int64) * stride_b
     p_bias = bias_ptr + tl.minimum(position, tl.maximum(n_bias_rows - 1, 0)) * vocab
@@ -295,9 +323,9 @@ def _stream_kernel(
 
 @triton.jit
 def _finish_kernel(
-    positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, vocab, n_split, part_f_ptr, part_i_ptr,
-    cand_ptr, gather_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr, MAX_SPLITS: tl.constexpr,
-    TOP_J: tl.constexpr,
+    positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, min_p_ptr, vocab, n_split, part_f_ptr,
+    part_i_ptr, cand_ptr, gather_ptr, out_ptr, stats_ptr, KEEP: tl.constexpr, BLOCK: tl.constexpr,
+    MAX_SPLITS: tl.constexpr, TOP_J: tl.constexpr, HAS_MIN_P: tl.constexpr,
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     i_b = tl.program_id(0)
@@ -305,6 +333,7 @@ def _finish_kernel(
     top_k = tl.load(top_k_ptr + i_b)
     top_p = tl.load(top_p_ptr + i_b)
     seed = tl.load(seed_ptr + i_b)
+    min_p, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
     o_keep = tl.arange(0, KEEP)
 
     # merge the split partials: vector loads of all S partials (no per-split memory round trip), ties to the
@@ -333,7 +362,10 @@ def _finish_kernel(
     # buffer cuts of all the row's splits, for reports only (stats slot 3)
     n_cut = tl.sum(tl.load(part_i_ptr + o_part_i + 5, mask=m_s_ok, other=0).to(tl.int32), axis=0)
     # candidates: only splits whose max is near the row max hold near tokens; merge those
-    thr = m_run - _near_span(top_k, top_p, vocab)
+    near_span = _near_span(top_k, top_p, vocab)
+    if HAS_MIN_P:
+        near_span = tl.minimum(near_span, -min_thr * (1.0 + 1.0 / 1024) + 1e-3)  # as kernel 1
+    thr = m_run - near_span
     m_near_s = m_s_ok & (v_n > 0) & (v_m >= thr)
     flags = flags | tl.max(tl.where(m_near_s, v_flags & FLAG_CUT, 0), axis=0)
     # The merged candidates are a prefix of the row's ranking only down to the highest cutoff of a cut split:
@@ -425,20 +457,25 @@ def _finish_kernel(
     p_eff = tl.where(top_p >= 1.0, float("inf"), top_p * TOP_P_SCALE)  # p = 1 keeps every survivor
     m_keep = m_surv & (((b_cum - b_prob) < p_eff) | (o_keep == 0))
     p_ok = complete | use_k | (top_p >= 1.0) | (tl.sum(b_prob, axis=0) >= top_p)
+    if HAS_MIN_P:
+        # MinPLogitsWarper after top-p (the top token: s - m = 0 >= t). A min-p-only row's prefix holds every
+        # kept token if it is complete or its last value is below the threshold (rounding is monotone).
+        m_keep = m_keep & ((b_s - m_run) >= min_thr)
+        p_ok = p_ok & (complete | use_k | (top_p < 1.0) | ((last - m_run) < min_thr))
     b_g = tl.where(m_keep, b_s + _gumbel(seed, position, b_idx), float("-inf"))
     best = tl.max(b_g, axis=0)
     c_idx = tl.min(tl.where(m_keep & (b_g == best), b_idx, INT64_MAX), axis=0)
     token = tl.where(use_k, tl.where(k_ok, c_idx, NEEDS_FALLBACK), tl.where(p_ok, c_idx, NEEDS_FALLBACK))
 
     no_top_k = (top_k == 0) | (top_k >= vocab)
-    token = tl.where(no_top_k & (top_p >= 1.0), u_idx, token)
+    token = tl.where(no_top_k & (top_p >= 1.0) & (min_thr == float("-inf")), u_idx, token)
     temperature = tl.load(temperature_ptr + i_b)
     # T so small that max(z) / T overflows float32: decided as greedy (the T -> 0 limit, status.py)
     overflow = (temperature > 0.0) & (tl.abs(g_val / temperature) == float("inf"))
     token = tl.where((temperature == 0.0) | overflow, g_idx, token)
     out = tl.where((flags & FLAG_NAN) != 0, ERR_NAN,
                    tl.where(((flags & FLAG_PINF) != 0) | ((flags & FLAG_FINITE) == 0), ERR_NO_FINITE, token))
-    param = _param_status(position, temperature, top_k, top_p)
+    param = _param_status(position, temperature, top_k, top_p, min_p)
     out = tl.where(param != 0, param, out)
     tl.store(out_ptr + i_b, out)
 
@@ -446,7 +483,8 @@ def _finish_kernel(
 @triton.jit
 def _fallback_kernel(
     logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
-    strength, vocab, stats_ptr, out_ptr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    min_p_ptr, strength, vocab, stats_ptr, out_ptr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MIN_P: tl.constexpr,
 ):
     """Exact radix selection for the rows kernel 2 could not decide (flat rows, large k); others exit at once.
     Probes 16 values of the next 4 bits per pass: k-th value in 8 passes over the 32-bit order key, the top-p
@@ -458,6 +496,7 @@ def _fallback_kernel(
         top_k = tl.load(top_k_ptr + i_b)
         top_p = tl.load(top_p_ptr + i_b)
         seed = tl.load(seed_ptr + i_b)
+        _, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
         m_run = tl.load(stats_ptr + i_b * 4 + 0)
         z_run = tl.load(stats_ptr + i_b * 4 + 1)
         bias_end = tl.where(position < n_bias_rows, vocab, 0)
@@ -521,6 +560,8 @@ def _fallback_kernel(
             b_key = _order_key(b_s).to(tl.int64)
             b_packed = ((b_key + 2147483648).to(tl.uint64) << 32) | o_v.to(tl.uint64)
             m_keep = m_v & (b_key >= kth_key) & (b_packed >= x_keep)
+            if HAS_MIN_P:
+                m_keep = m_keep & ((b_s - m_run) >= min_thr)
             b_g = tl.where(m_keep, b_s + _gumbel(seed, position, o_v), float("-inf"))
             t_best = tl.max(b_g, axis=0)
             if t_best > best:
@@ -555,14 +596,14 @@ def plan(batch: int, vocab: int, device_type: str = "cuda", n_sm: int = 132, blo
             "warps_fallback": 4, "maxnreg_stream": MAXNREG_STREAM, "top_j": min(TOP_J_MAX, keep // 2)}
 
 
-def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, *, block=None,
-                  keep=None, splits=None, report=None):
+def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, strength=1.0, min_p=None, *,
+                  block=None, keep=None, splits=None, report=None):
     """Launcher of torch.ops.tsdi.debias_sample on CUDA (and on CPU tensors under TRITON_INTERPRET=1).
     No validation (op.py does it), no host synchronisation. Returns int64 [B] tokens or negative codes.
     block / keep / splits override the tile size, candidate count and vocabulary splits (tests). `report`, a
     dict, receives per-row diagnostics for tests and benchmarks: "merges" (int64 [B], candidate sorts of kernel 2),
     "cuts" (int64 [B], candidate-buffer cuts that dropped keys, summed over the row's splits) and "fallback"
-    (bool [B], rows kernel 3 solved)."""
+    (bool [B], rows kernel 3 solved). min_p: float32 [B] or None (min-p off: the kernels compile without it)."""
     batch, vocab = logits.shape
     device = logits.device
     interp = device.type != "cuda"
@@ -580,18 +621,23 @@ def debias_sample(logits, bias, positions, temperature, top_k, top_p, seed, stre
     gather = torch.empty(batch * keep, dtype=torch.int64, device=device)
     stats = torch.empty(batch * 4, dtype=torch.float32, device=device)  # m_run, z_run, merges, cuts per row
     strength = float(strength)
+    has_min_p = min_p is not None
+    min_p_arg = min_p if has_min_p else temperature  # a float32 [B] placeholder the kernels never read
     with on_device(device):  # Triton launches on the current device: make it the tensors' one
         _stream_kernel[(batch, splits)](
-            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-            vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep, TOP_J=cfg["top_j"],
-            num_warps=cfg["warps_stream"], **({} if interp else {"maxnreg": cfg["maxnreg_stream"]}))
+            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, min_p_arg,
+            strength, vocab, chunk, part_f, part_i, cand, HAS_BIAS=has_bias, BLOCK=block, KEEP=keep,
+            TOP_J=cfg["top_j"], HAS_MIN_P=has_min_p, num_warps=cfg["warps_stream"],
+            **({} if interp else {"maxnreg": cfg["maxnreg_stream"]}))
         _finish_kernel[(batch,)](
-            positions, temperature, top_k, top_p, seed, vocab, splits, part_f, part_i, cand, gather, out, stats,
-            KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, TOP_J=cfg["top_j"], num_warps=cfg["warps_finish"])
+            positions, temperature, top_k, top_p, seed, min_p_arg, vocab, splits, part_f, part_i, cand, gather, out,
+            stats, KEEP=keep, BLOCK=block, MAX_SPLITS=MAX_SPLITS, TOP_J=cfg["top_j"], HAS_MIN_P=has_min_p,
+            num_warps=cfg["warps_finish"])
         fallback_rows = (out == NEEDS_FALLBACK.value) if report is not None else None
         _fallback_kernel[(batch,)](
-            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, strength,
-            vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], num_warps=cfg["warps_fallback"])
+            logits, logits.stride(0), bias_arg, n_bias_rows, positions, temperature, top_k, top_p, seed, min_p_arg,
+            strength, vocab, stats, out, HAS_BIAS=has_bias, BLOCK=cfg["block_fallback"], HAS_MIN_P=has_min_p,
+            num_warps=cfg["warps_fallback"])
     if report is not None:
         report["merges"] = stats.view(batch, 4)[:, 2].to(torch.int64)
         report["cuts"] = stats.view(batch, 4)[:, 3].to(torch.int64)
