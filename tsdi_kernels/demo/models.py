@@ -102,12 +102,17 @@ def _check_chat_template(tokenizer) -> None:
         raise RuntimeError("the SmolLM2 tokenizer lost its ChatML chat template (<|im_start|>) in conversion")
 
 
+def is_converted() -> bool:
+    """Whether the cache holds the converted SmolLM2-135M-Instruct (else the first load converts it)."""
+    return (cache_dir() / CACHE_NAME / "config.json").is_file()
+
+
 def default_model_dir(*, refresh: bool = False) -> Path:
     """Folder holding the converted SmolLM2-135M-Instruct (converted from the GGUF on first use)."""
     dest = cache_dir() / CACHE_NAME
     if refresh and dest.exists():
         shutil.rmtree(dest)
-    if not (dest / "config.json").is_file():
+    if not is_converted():
         _convert_gguf(gguf_path(), dest)
     return dest
 

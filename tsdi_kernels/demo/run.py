@@ -218,7 +218,7 @@ def load_models(args, *, log=print):
 
     from . import models
 
-    if args.model is None and not (models.cache_dir() / models.CACHE_NAME / "config.json").is_file():
+    if args.model is None and not models.is_converted():
         log(f"  first run: de-quantizing the embedded SmolLM2-135M-Instruct (GGUF) into {models.cache_dir()} "
             "(517 MB, about a minute, once) ...")
     if args.no_export:
