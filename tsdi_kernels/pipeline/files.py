@@ -124,6 +124,43 @@ def atomic_write(path: Union[str, os.PathLike], write) -> None:
     _fsync_folder(folder)
 
 
+def atomic_write_folder(path: Union[str, os.PathLike], write) -> None:
+    """A folder written whole (a model folder): `write(tmp)` fills a temporary folder beside `path`, which then
+    takes the place of `path` with os.replace. An existing non-empty `path` makes that replace fail (OSError):
+    the caller decides whether to remove it first or to keep the copy another process finished meanwhile.
+
+    Modes follow the umask like atomic_write's, read from the mode the kernel gives a new folder (never by calling
+    os.umask): the folder 0o777 & ~umask, its files 0o666 & ~umask (writers such as safetensors create 0600 files,
+    mkdtemp 0700 folders). Stale temporaries of dead processes are removed first; a failure removes ours."""
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(path)
+    while True:
+        tmp = os.path.join(folder, temp_name(name))
+        try:
+            os.mkdir(tmp, 0o777)
+            break
+        except FileExistsError:
+            continue  # 32 random bits collided: draw again
+    try:
+        dir_mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o777 & ~umask
+        write(tmp)
+        for root, dirs, files in os.walk(tmp):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), dir_mode)
+            for f in files:
+                full = os.path.join(root, f)
+                with open(full, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(full, dir_mode & 0o666)
+        os.chmod(tmp, dir_mode)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_folder(folder)
+
+
 def _fsync_folder(folder: str) -> None:
     """Make the rename durable (POSIX); a no-op where folders cannot be opened or synced."""
     try:
