@@ -155,11 +155,13 @@ def _key_to_float(key):
 
 @triton.jit
 def _near_span(top_k, top_p, vocab):
-    """How far below the max a token must be to provably not matter (see _stream_kernel)."""
+    """How far below the max a token must be to provably not matter (see _stream_kernel).
+    1 - top_p >= 2**-24 for every float32 top_p < 1, so the clamp changes no value: it only keeps log(0) out of
+    the top_p = 1 lanes, whose result tl.where discards."""
     no_top_k = (top_k == 0) | (top_k >= vocab)
     k_f = tl.where(no_top_k, vocab, top_k).to(tl.float32)
     return tl.where(top_p >= 1.0, G_SPAN,
-                    tl.log(k_f) + tl.maximum(1.0 - tl.log(1.0 - top_p), tl.where(no_top_k, 0.0, 17.5)))
+                    tl.log(k_f) + tl.maximum(1.0 - tl.log(tl.maximum(1.0 - top_p, 1e-30)), tl.where(no_top_k, 0.0, 17.5)))
 
 
 @triton.jit
