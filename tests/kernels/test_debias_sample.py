@@ -147,7 +147,7 @@ def test_op_matches_reference(op_backend):
     batch = kinds_batch(16, 1000, bias_rows=L_BIAS)
     got = torch.ops.tsdi.debias_sample(*op_backend.to(*batch.sample_args())).cpu()
     mismatches = int((got != REFERENCE.sample(batch)).sum())
-    # CUDA (Triton): identical up to float rounding between two candidates (README, op semantics), so one row
+    # CUDA (Triton): identical up to float rounding between two candidates (docs/semantics.md), so one row
     assert mismatches <= (0 if op_backend.device == "cpu" else 1), (op_backend.name, mismatches)
 
 

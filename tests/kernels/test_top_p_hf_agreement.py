@@ -3,8 +3,8 @@
 
 semantics.py drops a token whose mass ranked above lies within 2**-18 of top_p below it, and our float32 sums differ
 from HF's (float64 cumulative sum on CPU) by a few 1e-7: on these near-uniform rows (the nucleus holds thousands of
-tokens, each ~3e-5 of the mass) the last token of HF's nucleus often lies in that band. The README states the rate
-this test measures; every differing token must lie in the band (never a disagreement away from the boundary)."""
+tokens, each ~3e-5 of the mass) the last token of HF's nucleus often lies in that band. docs/semantics.md states the
+rate this test measures; every differing token must lie in the band (never a disagreement away from the boundary)."""
 import pytest
 import torch
 from kernel_testing import Batch
@@ -26,7 +26,7 @@ def test_top_p_against_hf_on_flashinfer_inputs(probs_kernel, top_p, most_rows):
                   torch.zeros(99, dtype=torch.int64), torch.full((99,), top_p), torch.arange(99))
     ours = probs_kernel.probs(batch)[0] > 0
     differing = (hf != ours).any(dim=1)
-    # measured: 0 / 99 rows at 0.1, 7 at 0.5, 16 (reference) and 17 (C++) at 0.9 (README)
+    # measured: 0 / 99 rows at 0.1, 7 at 0.5, 16 (reference) and 17 (C++) at 0.9 (docs/semantics.md)
     assert int(differing.sum()) <= most_rows
     p64 = probs.double()
     for row in differing.nonzero().flatten().tolist():

@@ -1,6 +1,6 @@
-"""Bad input never crashes the process or returns garbage: a ValueError / RuntimeError naming the argument
-(the op contract in the README), on every op backend, for debias_sample, debias_probs and logit_mean_update, and from the
-Python wrappers. Bad per-row values are status codes of the kernels' pass: on CPU debias_sample raises by itself;
+"""Bad input never crashes the process or returns garbage: a ValueError / RuntimeError naming the argument (the op
+contract in docs/semantics.md), on every op backend, for debias_sample, debias_probs and logit_mean_update, and from
+the Python wrappers. Bad per-row values are status codes of the kernels' pass: on CPU debias_sample raises by itself;
 on CUDA it does not synchronise, and tsdi_kernels.check_tokens raises at the caller's sync point."""
 import pytest
 import torch

@@ -34,7 +34,7 @@ HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_prompts.json"
 HELDOUT_LABELS = {"harmless": "benign", "harmful": "harmful"}
 # the strength `tsdi eval --threads 1` (built-in prompts, --auto, margin 5) recommends for the embedded pair under
 # the paired rule (evaluation/paired.py): validation loss 0 of 76, bound 3.4 points; test split loss 2.7 points
-# (README, "How to choose the strength")
+# (docs/evaluation.md)
 RECOMMENDED_EMBEDDED = 0.5
 
 
