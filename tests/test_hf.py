@@ -81,10 +81,9 @@ SAMPLING = [  # (generate kwargs, (temperature, top_k, top_p) HF uses)
 ]
 
 
-@pytest.mark.parametrize("kwargs, params", SAMPLING, ids=["defaults", "T0.7-p0.9", "T1.3-k0-p0.5", "k7"])
-def test_fused_step_distribution_equals_hf(setup, monkeypatch, kwargs, params):
-    """Every call the fused loop makes to the op: its exact distribution equals HF's processor + warpers."""
-    tok, model, enc, bias = setup
+@pytest.fixture
+def op_calls(monkeypatch):
+    """The (logits, keyword arguments) of every call the fused loop makes to the sampling op, in order."""
     calls = []
     real = hf_mod.debias_sample
 
@@ -93,6 +92,14 @@ def test_fused_step_distribution_equals_hf(setup, monkeypatch, kwargs, params):
         return real(logits, bias_, **kw)
 
     monkeypatch.setattr(hf_mod, "debias_sample", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kwargs, params", SAMPLING, ids=["defaults", "T0.7-p0.9", "T1.3-k0-p0.5", "k7"])
+def test_fused_step_distribution_equals_hf(setup, op_calls, kwargs, params):
+    """Every call the fused loop makes to the op: its exact distribution equals HF's processor + warpers."""
+    tok, model, enc, bias = setup
+    calls = op_calls
     tsdi_kernels.generate(model, bias, seed=[1, 2, 3], **enc, do_sample=True, max_new_tokens=L + 2, **kwargs)
     assert len(calls) == L + 2
     temperature, top_k, top_p = params
@@ -105,18 +112,11 @@ def test_fused_step_distribution_equals_hf(setup, monkeypatch, kwargs, params):
         torch.testing.assert_close(fused, hf_probs(logits, bias, t, temperature, top_k, top_p), atol=1e-6, rtol=0)
 
 
-def test_min_p_is_fused_with_hf_semantics(setup, monkeypatch):
+def test_min_p_is_fused_with_hf_semantics(setup, op_calls):
     """A generation config's min_p reaches the op (no fallback), and each step's exact distribution equals HF's
     processor + Temperature / TopK / TopP / MinP warpers + softmax."""
     tok, model, enc, bias = setup
-    calls = []
-    real = hf_mod.debias_sample
-
-    def spy(logits, bias_, **kw):
-        calls.append((logits.clone(), kw))
-        return real(logits, bias_, **kw)
-
-    monkeypatch.setattr(hf_mod, "debias_sample", spy)
+    calls = op_calls
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
         tsdi_kernels.generate(model, bias, seed=[1, 2, 3], **enc, do_sample=True, temperature=0.8, top_p=0.95,

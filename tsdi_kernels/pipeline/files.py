@@ -92,6 +92,19 @@ def check_writable_path(path: Union[str, os.PathLike], what: str = "output") -> 
     return full
 
 
+def _new_temporary_folder(path: str) -> str:
+    """A new, empty temporary folder beside `path` (mode 0o777 & ~umask), after removing stale ones."""
+    folder, name = os.path.split(path)
+    remove_stale_temporaries(path)
+    while True:
+        tmp = os.path.join(folder, temp_name(name))
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue  # 32 random bits collided: draw again
+
+
 def atomic_write(path: Union[str, os.PathLike], write) -> None:
     """Call write(tmp_path), fsync it, then os.replace onto `path`: readers see the old file or the new, never half.
 
@@ -102,14 +115,7 @@ def atomic_write(path: Union[str, os.PathLike], write) -> None:
     dead processes are removed first."""
     path = check_writable_path(path, "output")
     folder, name = os.path.split(path)
-    remove_stale_temporaries(path)
-    while True:
-        tmp_dir = os.path.join(folder, temp_name(name))
-        try:
-            os.mkdir(tmp_dir, 0o777)
-            break
-        except FileExistsError:
-            continue  # 32 random bits collided: draw again
+    tmp_dir = _new_temporary_folder(path)
     try:
         mode = stat.S_IMODE(os.stat(tmp_dir).st_mode) & 0o666  # 0o777 & ~umask, without the execute bits
         tmp = os.path.join(tmp_dir, name)
@@ -133,16 +139,9 @@ def atomic_write_folder(path: Union[str, os.PathLike], write) -> None:
     os.umask): the folder 0o777 & ~umask, its files 0o666 & ~umask (writers such as safetensors create 0600 files,
     mkdtemp 0700 folders). Stale temporaries of dead processes are removed first; a failure removes ours."""
     path = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(path)
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    remove_stale_temporaries(path)
-    while True:
-        tmp = os.path.join(folder, temp_name(name))
-        try:
-            os.mkdir(tmp, 0o777)
-            break
-        except FileExistsError:
-            continue  # 32 random bits collided: draw again
+    tmp = _new_temporary_folder(path)
     try:
         dir_mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o777 & ~umask
         write(tmp)

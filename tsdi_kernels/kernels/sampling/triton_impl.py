@@ -139,6 +139,20 @@ def _min_p_params(min_p_ptr, i_b, HAS_MIN_P: tl.constexpr):
 
 
 @triton.jit
+def _row_params(i_b, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, min_p_ptr,
+                HAS_MIN_P: tl.constexpr):
+    """Row b's sampling parameters, read the same way by all three kernels (a load a kernel does not use is
+    removed by the compiler)."""
+    position = tl.load(positions_ptr + i_b)
+    temperature = tl.load(temperature_ptr + i_b)
+    top_k = tl.load(top_k_ptr + i_b)
+    top_p = tl.load(top_p_ptr + i_b)
+    seed = tl.load(seed_ptr + i_b)
+    min_p, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
+    return position, temperature, top_k, top_p, seed, min_p, min_thr
+
+
+@triton.jit
 def _order_key(s):
     """int32 key with the order of the float32 values s (-0.0 is mapped to +0.0 first, as torch ties them)."""
     s = tl.where(s == 0.0, 0.0, s)
@@ -185,6 +199,14 @@ def _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS: tl.
 
 
 @triton.jit
+def _scaled_tile(p_logits, p_bias, o_v, vocab, bias_end, strength, temperature, HAS_BIAS: tl.constexpr):
+    """(offsets, in-vocabulary mask, s = z / T) of one tile: what each pass of the fallback kernel re-reads (the
+    row sits in L2; recomputing s is cheaper than storing it)."""
+    m_v = o_v < vocab
+    return o_v, m_v, _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+
+
+@triton.jit
 def _stream_kernel(
     logits_ptr, stride_b, bias_ptr, n_bias_rows, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr,
     min_p_ptr, strength, vocab, chunk, part_f_ptr, part_i_ptr, cand_ptr,
@@ -195,12 +217,8 @@ def _stream_kernel(
     i_b = tl.program_id(0)
     i_s = tl.program_id(1)
     n_split = tl.num_programs(1)
-    position = tl.load(positions_ptr + i_b)
-    temperature = tl.load(temperature_ptr + i_b)
-    top_k = tl.load(top_k_ptr + i_b)
-    top_p = tl.load(top_p_ptr + i_b)
-    seed = tl.load(seed_ptr + i_b)
-    min_p, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
+    position, temperature, top_k, top_p, seed, min_p, min_thr = _row_params(
+        i_b, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, min_p_ptr, HAS_MIN_P)
     # a row with invalid parameters is streamed as a cheap greedy row without bias; kernel 2 reports its code
     bad_param = _param_status(position, temperature, top_k, top_p, min_p) != 0
     greedy = (temperature == 0.0) | bad_param
@@ -331,11 +349,8 @@ def _finish_kernel(
 ):
     SLOTS: tl.constexpr = KEEP + BLOCK
     i_b = tl.program_id(0)
-    position = tl.load(positions_ptr + i_b)
-    top_k = tl.load(top_k_ptr + i_b)
-    top_p = tl.load(top_p_ptr + i_b)
-    seed = tl.load(seed_ptr + i_b)
-    min_p, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
+    position, _temperature, top_k, top_p, seed, min_p, min_thr = _row_params(
+        i_b, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, min_p_ptr, HAS_MIN_P)
     o_keep = tl.arange(0, KEEP)
 
     # merge the split partials: vector loads of all S partials (no per-split memory round trip), ties to the
@@ -493,12 +508,8 @@ def _fallback_kernel(
     boundary in 16 passes over the 64-bit packed key (unsigned, biased by 2**63 so that it cannot overflow)."""
     i_b = tl.program_id(0)
     if tl.load(out_ptr + i_b) == NEEDS_FALLBACK:
-        position = tl.load(positions_ptr + i_b)
-        temperature = tl.load(temperature_ptr + i_b)
-        top_k = tl.load(top_k_ptr + i_b)
-        top_p = tl.load(top_p_ptr + i_b)
-        seed = tl.load(seed_ptr + i_b)
-        _, min_thr = _min_p_params(min_p_ptr, i_b, HAS_MIN_P)
+        position, temperature, top_k, top_p, seed, _min_p, min_thr = _row_params(
+            i_b, positions_ptr, temperature_ptr, top_k_ptr, top_p_ptr, seed_ptr, min_p_ptr, HAS_MIN_P)
         m_run = tl.load(stats_ptr + i_b * 4 + 0)
         z_run = tl.load(stats_ptr + i_b * 4 + 1)
         bias_end = tl.where(position < n_bias_rows, vocab, 0)
@@ -516,9 +527,8 @@ def _fallback_kernel(
                 b_probe = kth_key + (o_j << shift)
                 b_count = tl.zeros((16,), tl.int64)
                 for v0 in range(0, vocab, BLOCK):
-                    o_v = v0 + o_blk
-                    m_v = o_v < vocab
-                    b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                    o_v, m_v, b_s = _scaled_tile(p_logits, p_bias, v0 + o_blk, vocab, bias_end, strength, temperature,
+                                                 HAS_BIAS)
                     b_key = _order_key(b_s).to(tl.int64)
                     b_hit = m_v[:, None] & (b_key[:, None] >= b_probe[None, :])
                     b_count += tl.sum(b_hit.to(tl.int64), axis=0)
@@ -528,9 +538,8 @@ def _fallback_kernel(
         if use_k:
             b_acc = tl.zeros((BLOCK,), tl.float32)
             for v0 in range(0, vocab, BLOCK):
-                o_v = v0 + o_blk
-                m_v = o_v < vocab
-                b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                o_v, m_v, b_s = _scaled_tile(p_logits, p_bias, v0 + o_blk, vocab, bias_end, strength, temperature,
+                                             HAS_BIAS)
                 m_surv = m_v & (_order_key(b_s).to(tl.int64) >= kth_key)
                 b_acc += tl.where(m_surv, tl.exp(b_s - m_run), 0.0)
             z_k = tl.sum(b_acc, axis=0)
@@ -543,9 +552,8 @@ def _fallback_kernel(
                 b_probe = x_keep + (o_j.to(tl.uint64) << shift)
                 b_mass = tl.zeros((16,), tl.float32)
                 for v0 in range(0, vocab, BLOCK):
-                    o_v = v0 + o_blk
-                    m_v = o_v < vocab
-                    b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+                    o_v, m_v, b_s = _scaled_tile(p_logits, p_bias, v0 + o_blk, vocab, bias_end, strength, temperature,
+                                                 HAS_BIAS)
                     b_key = _order_key(b_s).to(tl.int64)
                     b_e = tl.where(m_v & (b_key >= kth_key), tl.exp(b_s - m_run), 0.0)
                     b_packed = ((b_key + 2147483648).to(tl.uint64) << 32) | o_v.to(tl.uint64)
@@ -556,9 +564,8 @@ def _fallback_kernel(
         best = float("-inf")
         token = tl.zeros((), tl.int64) + vocab
         for v0 in range(0, vocab, BLOCK):
-            o_v = v0 + o_blk
-            m_v = o_v < vocab
-            b_s = _debiased_tile(p_logits, p_bias, o_v, m_v, bias_end, strength, HAS_BIAS) / temperature
+            o_v, m_v, b_s = _scaled_tile(p_logits, p_bias, v0 + o_blk, vocab, bias_end, strength, temperature,
+                                         HAS_BIAS)
             b_key = _order_key(b_s).to(tl.int64)
             b_packed = ((b_key + 2147483648).to(tl.uint64) << 32) | o_v.to(tl.uint64)
             m_keep = m_v & (b_key >= kth_key) & (b_packed >= x_keep)
