@@ -93,6 +93,12 @@ def number_list(text: str) -> list[float]:
     return values
 
 
+def flat_numbers(groups) -> list[float]:
+    """The values of a repeatable number_list option, in order: `--strengths 0.5 1` and `--strengths 0.5,1` both
+    give [0.5, 1.0]; None (not given) gives []."""
+    return [v for group in (groups or []) for v in (group if isinstance(group, list) else [group])]
+
+
 SUPPORTED_DEVICES = ("cpu", "cuda")  # the device types the tsdi ops are registered for
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argtypes import number, number_list, positive_int, stream_seed
+from .argtypes import flat_numbers, number, number_list, positive_int, stream_seed
 
 
 def add_parser(sub) -> None:
@@ -83,6 +83,4 @@ DEFAULT_STRENGTHS = (0.5, 0.75, 1.0, 1.5)  # 0.5: what `tsdi eval` recommends fo
 
 def strengths_of(args) -> list[float]:
     """--strengths 0.5 1 and --strengths 0.5,1 both give [0.5, 1.0]; none given: DEFAULT_STRENGTHS."""
-    if not args.strengths:
-        return list(DEFAULT_STRENGTHS)
-    return [v for group in args.strengths for v in (group if isinstance(group, list) else [group])]
+    return flat_numbers(args.strengths) or list(DEFAULT_STRENGTHS)

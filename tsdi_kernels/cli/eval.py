@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..evaluation.settings import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_REFINE_STEPS
 from . import common
-from .argtypes import nonneg_int, number, number_list, positive_int
+from .argtypes import flat_numbers, nonneg_int, number, number_list, positive_int
 
 
 def add_parser(sub) -> None:
@@ -111,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------ validation
 def strengths_of(args) -> list[float]:
-    return [v for group in (args.strengths or []) for v in (group if isinstance(group, list) else [group])]
+    return flat_numbers(args.strengths)
 
 
 def validate(args):

@@ -64,11 +64,10 @@ def _sampling_args(logits, positions, temperature, top_k, top_p):
 
 
 def _min_p_arg(min_p: RowParam, logits) -> Optional[Tensor]:
-    """None for the scalar 0 (min-p off: the op's default, no tensor built), else a [B] float32 tensor."""
+    """None for the scalar 0 (min-p off: the op's default, no tensor built), else a [B] float32 tensor. Called
+    after _sampling_args, which has checked `logits`."""
     if isinstance(min_p, (int, float)) and not isinstance(min_p, bool) and min_p == 0:
         return None
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        return None  # _sampling_args names `logits`
     return _per_row("min_p", min_p, logits.shape[0], torch.float32, logits.device)
 
 
